@@ -1,0 +1,83 @@
+"""The small interface through which a training run reports progress; the sweeper implements it.
+
+``pipelines`` never imports Optuna or MLflow: a tracker logs in ``on_epoch``/``on_artifact``, a pruner
+answers ``should_stop``, a progress bar listens to ``on_step``. Every method has a no-op default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochMetrics:
+    """What one epoch measured. Accuracies are fractions in [0, 1]; losses are mean cross-entropy per image.
+
+    ``val_*`` is None when no validation split is held out (data.val_size = 0).
+    """
+
+    epoch: int  # 1-based: the number of epochs finished
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    lr: float  # LR at the end of the epoch
+    seconds: float  # wall time of this epoch's training (not evaluation)
+    eval_seconds: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+class Callback:
+    """Base class: override what you need. Called on the training process, between steps, never inside one."""
+
+    def on_start(self, *, total_steps: int, steps_per_epoch: int, lrs: Sequence[float]) -> None:
+        """Before the first step. ``lrs``: the LR of every step, known ahead of time."""
+
+    def on_step(self, step: int, lr: float) -> None:
+        """After optimizer step ``step`` (0-based); no device value is read here, so it costs no sync."""
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        """After an epoch's evaluation."""
+
+    def on_artifact(self, path: Path, name: str) -> None:
+        """A file the run wrote; ``name`` is its relative name, e.g. ``plots/curves.png``."""
+
+    def should_stop(self, metrics: EpochMetrics) -> str | None:
+        """Return a reason (e.g. ``pruned``) to end the run after this epoch, or None to go on."""
+        return None
+
+
+class CallbackList(Callback):
+    """Fans out to several callbacks; the first non-None ``should_stop`` reason wins."""
+
+    def __init__(self, callbacks: Iterable[Callback] = ()) -> None:
+        self.callbacks = tuple(callbacks)
+
+    def on_start(self, *, total_steps: int, steps_per_epoch: int, lrs: Sequence[float]) -> None:
+        for cb in self.callbacks:
+            cb.on_start(total_steps=total_steps, steps_per_epoch=steps_per_epoch, lrs=lrs)
+
+    def on_step(self, step: int, lr: float) -> None:
+        for cb in self.callbacks:
+            cb.on_step(step, lr)
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch(metrics)
+
+    def on_artifact(self, path: Path, name: str) -> None:
+        for cb in self.callbacks:
+            cb.on_artifact(path, name)
+
+    def should_stop(self, metrics: EpochMetrics) -> str | None:
+        for cb in self.callbacks:
+            reason = cb.should_stop(metrics)
+            if reason:
+                return reason
+        return None
