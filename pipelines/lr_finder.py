@@ -1,0 +1,190 @@
+"""The LR range test (Smith 2015; fastai's lr_find): sweep the LR up over N real training steps, watch the loss.
+
+Written here rather than taken from torch-lr-finder because it must use this project's device-resident,
+batch-augmented feeder (no DataLoader) and return fastai's "valley" suggestion, which that package lacks.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipelines import plots
+from pipelines.config import Config
+from pipelines.data import Splits, load_splits
+from pipelines.errors import UserError
+from pipelines.model import build_model
+from pipelines.train import Feeder, _autocast, resolve_device
+
+log = logging.getLogger(__name__)
+
+SUGGESTIONS = ("valley", "steepest", "min_loss_div10")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LRFinderResult:
+    """lrs[i] was used for step i; losses[i] is the exponentially smoothed loss after it."""
+
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    raw_losses: tuple[float, ...]
+    suggestions: dict[str, float]  # valley, steepest, min_loss_div10
+    max_lr: float  # suggested optim.lr (the cycle's peak): the valley
+    min_lr: float  # suggested start of the cycle: max_lr / schedule.start_div
+    diverged_at: float | None  # LR at which the early stop fired, if it did
+    plot: Path | None
+
+    def to_dict(self) -> dict:
+        return {
+            "max_lr": self.max_lr,
+            "min_lr": self.min_lr,
+            "suggestions": self.suggestions,
+            "diverged_at": self.diverged_at,
+            "plot": str(self.plot) if self.plot else None,
+            "curve": {"lr": list(self.lrs), "loss": list(self.losses)},
+        }
+
+
+def lr_range_test(
+    config: Config,
+    *,
+    min_lr: float = 1e-4,
+    max_lr: float = 10.0,
+    num_iter: int = 100,
+    mode: str = "exp",
+    smooth: float = 0.05,
+    diverge_factor: float = 4.0,
+    splits: Splits | None = None,
+    model: nn.Module | None = None,
+    on_step: Callable[[int, float, float], None] | None = None,
+    plot_path: Path | None = None,
+) -> LRFinderResult:
+    """Train for up to ``num_iter`` steps with the LR going from ``min_lr`` to ``max_lr`` (exp: log-spaced).
+
+    Stops early once the smoothed loss exceeds ``diverge_factor`` x its minimum. The model's weights (and BN
+    statistics) are restored afterwards, so a model passed in is left as it was. Uses the config's optimizer
+    (momentum, Nesterov, weight decay), augmentation and batch size; ``on_step(step, lr, smoothed_loss)``.
+    """
+    if not 0 < min_lr < max_lr:
+        raise UserError(f"lr-find needs 0 < min_lr < max_lr, got {min_lr} and {max_lr}")
+    if num_iter < 5:
+        raise UserError(f"lr-find needs at least 5 iterations, got {num_iter}")
+    if mode not in ("exp", "linear"):
+        raise UserError(f"lr-find mode must be exp or linear, got {mode!r}")
+    device = resolve_device(config.train.device)
+    torch.manual_seed(config.train.seed)
+    splits = splits or load_splits(config.data)
+    if config.train.batch_size > len(splits.train):
+        raise UserError(
+            f"train.batch_size ({config.train.batch_size}) is larger than the training set ({len(splits.train)})"
+        )
+    if model is None:
+        model = build_model(config.model, num_classes=len(splits.classes)).to(device)
+    saved = copy.deepcopy(model.state_dict())
+    lrs_plan = np.geomspace(min_lr, max_lr, num_iter) if mode == "exp" else np.linspace(min_lr, max_lr, num_iter)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=float(lrs_plan[0]),
+        momentum=config.optim.momentum,
+        nesterov=config.optim.nesterov,
+        weight_decay=config.optim.weight_decay,
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+    feeder = Feeder(config, splits, device)
+    lrs: list[float] = []
+    raw: list[float] = []
+    smoothed: list[float] = []
+    avg, best, diverged_at = 0.0, math.inf, None
+    model.train()
+    try:
+        epoch = 0
+        while len(lrs) < num_iter and diverged_at is None:
+            epoch += 1
+            for x, y in feeder.epoch(epoch):
+                step = len(lrs)
+                if step >= num_iter:
+                    break
+                lr = float(lrs_plan[step])
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with _autocast(device):
+                    loss = criterion(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                value = float(loss)  # the range test needs each loss to decide when to stop: one sync per step
+                avg = smooth * value + (1 - smooth) * avg if step else value
+                debiased = avg / (1 - (1 - smooth) ** (step + 1)) if step else avg
+                lrs.append(lr)
+                raw.append(value)
+                smoothed.append(debiased)
+                if on_step is not None:
+                    on_step(step, lr, debiased)
+                if not math.isfinite(debiased) or (step > 0 and debiased > diverge_factor * best):
+                    diverged_at = lr
+                    break
+                best = min(best, debiased)
+    finally:
+        model.load_state_dict(saved)
+    finite = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
+    if len(finite) < 5:
+        raise UserError(f"lr-find diverged after {len(finite)} steps; lower --min-lr")
+    lrs_arr = np.asarray([lrs[i] for i in finite])
+    loss_arr = np.asarray([smoothed[i] for i in finite])
+    suggestions = suggest(lrs_arr, loss_arr)
+    max_suggested = suggestions["valley"]
+    result_plot = None
+    if plot_path is not None:
+        result_plot = plots.plot_lr_finder(
+            lrs_arr, loss_arr, plot_path, suggestions=suggestions, chosen="valley", log_x=mode == "exp"
+        )
+    return LRFinderResult(
+        lrs=tuple(lrs),
+        losses=tuple(smoothed),
+        raw_losses=tuple(raw),
+        suggestions=suggestions,
+        max_lr=max_suggested,
+        min_lr=max_suggested / config.schedule.start_div,
+        diverged_at=diverged_at,
+        plot=result_plot,
+    )
+
+
+def suggest(lrs: np.ndarray, losses: np.ndarray) -> dict[str, float]:
+    """Three readings of a range-test curve (fastai's): valley, steepest descent, and min-loss LR / 10."""
+    return {
+        "valley": valley(lrs, losses),
+        "steepest": steepest(lrs, losses),
+        "min_loss_div10": float(lrs[int(np.argmin(losses))] / 10),
+    }
+
+
+def steepest(lrs: np.ndarray, losses: np.ndarray) -> float:
+    """LR where the loss falls fastest per log-LR."""
+    grads = np.gradient(losses, np.log(lrs))
+    return float(lrs[int(np.argmin(grads))])
+
+
+def valley(lrs: np.ndarray, losses: np.ndarray) -> float:
+    """fastai's valley: the longest decreasing run of the loss; the point 1/2 of the way into its middle third."""
+    n = len(losses)
+    lds = [1] * n
+    max_start = max_end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
+                lds[i] = lds[j] + 1
+            if lds[max_end] < lds[i]:
+                max_end = i
+                max_start = max_end - lds[max_end]
+    sections = (max_end - max_start) / 3
+    idx = max_start + int(sections) + int(sections / 2)
+    return float(lrs[min(max(idx, 0), n - 1)])

@@ -1,0 +1,139 @@
+"""Matplotlib (Agg) figures: LR schedule, loss/accuracy curves, misclassified-image grid, LR range test.
+
+Each function writes one PNG and returns its path; nothing is shown on screen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: workers and CI have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from pipelines.callbacks import EpochMetrics  # noqa: E402
+
+DPI = 110
+
+
+def plot_lr_schedule(
+    lrs: Sequence[float],
+    path: Path,
+    *,
+    steps_per_epoch: int,
+    momenta: Sequence[float] | None = None,
+    title: str = "Learning-rate schedule",
+) -> Path:
+    """LR against iteration (top axis in epochs); momentum on a second axis when it varies."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    steps = np.arange(len(lrs))
+    ax.plot(steps, lrs, color="tab:blue", lw=1.6, label="learning rate")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("learning rate", color="tab:blue")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if steps_per_epoch > 0:
+        top = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
+        top.set_xlabel("epoch")
+    if momenta is not None and len(set(momenta)) > 1:
+        ax2 = ax.twinx()
+        ax2.plot(steps, momenta, color="tab:orange", lw=1.2, ls="--")
+        ax2.set_ylabel("momentum", color="tab:orange")
+    return _save(fig, path)
+
+
+def plot_curves(history: Sequence[EpochMetrics], path: Path) -> Path:
+    """Loss and accuracy per epoch: train and test (and validation when held out)."""
+    epochs = [m.epoch for m in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [m.train_loss for m in history], "o-", label="train")
+    ax_loss.plot(epochs, [m.test_loss for m in history], "s-", label="test")
+    ax_acc.plot(epochs, [100 * m.train_accuracy for m in history], "o-", label="train")
+    ax_acc.plot(epochs, [100 * m.test_accuracy for m in history], "s-", label="test")
+    if history and history[0].val_accuracy is not None:
+        ax_loss.plot(epochs, [m.val_loss for m in history], "^-", label="validation")
+        ax_acc.plot(epochs, [100 * (m.val_accuracy or 0.0) for m in history], "^-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_misclassified(
+    images: np.ndarray,
+    true: np.ndarray,
+    pred: np.ndarray,
+    classes: Sequence[str],
+    path: Path,
+    *,
+    count: int = 25,
+) -> Path:
+    """A grid of up to ``count`` misclassified images, each captioned "true -> predicted".
+
+    images: uint8 (N, H, W, 3) of the misclassified test images, in the order to show.
+    """
+    n = min(count, len(images))
+    cols = max(1, int(np.ceil(np.sqrt(n)))) if n else 1
+    rows = max(1, int(np.ceil(n / cols)))
+    pad, scale = 2, 4
+    if n:
+        batch = torch.from_numpy(np.ascontiguousarray(images[:n])).permute(0, 3, 1, 2)
+        batch = torch.nn.functional.interpolate(batch.float(), scale_factor=scale, mode="nearest")
+        grid = make_grid(batch, nrow=cols, padding=pad, pad_value=255).permute(1, 2, 0).to(torch.uint8).numpy()
+    else:
+        grid = np.full((64, 64, 3), 255, np.uint8)
+    h, w = images.shape[1] * scale if n else 0, images.shape[2] * scale if n else 0
+    fig, ax = plt.subplots(figsize=(1.9 * cols, 2.1 * rows + 0.4))
+    ax.imshow(grid)
+    ax.axis("off")
+    for i in range(n):
+        r, c = divmod(i, cols)
+        x = pad + c * (w + pad) + w / 2
+        y = pad + r * (h + pad) - 1
+        ax.text(x, y, f"{classes[true[i]]}\n-> {classes[pred[i]]}", ha="center", va="bottom", fontsize=7)
+    title = f"{n} misclassified test images (true -> predicted)" if n else "no misclassified test image"
+    ax.set_title(title, fontsize=9, pad=22)
+    return _save(fig, path)
+
+
+def plot_lr_finder(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    path: Path,
+    *,
+    suggestions: dict[str, float],
+    chosen: str,
+    log_x: bool = True,
+) -> Path:
+    """Smoothed loss against LR (log x), each suggestion marked, the chosen one highlighted."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(lrs, losses, color="tab:blue", lw=1.6)
+    if log_x:
+        ax.set_xscale("log")
+    markers = {"valley": "o", "steepest": "v", "min_loss_div10": "s"}
+    losses_arr, lrs_arr = np.asarray(losses), np.asarray(lrs)
+    for name, lr in suggestions.items():
+        idx = int(np.argmin(np.abs(np.log(lrs_arr) - np.log(lr)))) if log_x else int(np.argmin(np.abs(lrs_arr - lr)))
+        style = dict(color="tab:red", ms=10, zorder=3) if name == chosen else dict(color="tab:gray", ms=7, zorder=2)
+        ax.plot(lr, losses_arr[idx], markers.get(name, "o"), label=f"{name}: {lr:.3g}", **style)
+    ax.set(xlabel="learning rate", ylabel="smoothed loss", title="LR range test")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path

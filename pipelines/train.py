@@ -1,0 +1,425 @@
+"""The training loop: device-resident data, batched augmentation, SGD + One Cycle, per-epoch evaluation.
+
+Hot path rules (why it is fast): the uint8 training set lives on the device and is augmented a whole epoch at
+a time in a few batched kernels; losses and correct counts are summed on the device and read once per epoch
+(no host sync per step); bf16 autocast and channels_last on CUDA; the LR curve is known ahead of time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipelines import plots
+from pipelines.augment import BatchAugment, SampleDataset
+from pipelines.callbacks import Callback, CallbackList, EpochMetrics
+from pipelines.config import Config
+from pipelines.data import ImageSet, Splits, load_splits
+from pipelines.errors import UserError
+from pipelines.model import build_model, count_parameters, reset_parameters
+from pipelines.schedules import build_scheduler, schedule_curve
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("complete", "diverged", "stopped")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    """What a run produced. ``status``: complete | diverged | stopped (``reason`` says why, e.g. "pruned")."""
+
+    status: str
+    reason: str | None
+    history: tuple[EpochMetrics, ...]
+    lrs: tuple[float, ...]  # LR of every optimizer step
+    steps_per_epoch: int
+    seconds: float  # training time: the epochs' wall time, evaluation excluded
+    eval_seconds: float  # evaluation time, all epochs
+    total_seconds: float  # from the call to the return, data loading and plots included
+    params: int
+    device: str
+    classes: tuple[str, ...]
+    out_dir: Path | None
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+    def _last(self, name: str) -> float | None:
+        return getattr(self.history[-1], name) if self.history else None
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self._last("test_accuracy")
+
+    @property
+    def train_accuracy(self) -> float | None:
+        return self._last("train_accuracy")
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self._last("val_accuracy")
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--json`` answer of ``sweeper train``."""
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "test_accuracy": self.test_accuracy,
+            "train_accuracy": self.train_accuracy,
+            "val_accuracy": self.val_accuracy,
+            "epochs": len(self.history),
+            "seconds": round(self.seconds, 3),
+            "eval_seconds": round(self.eval_seconds, 3),
+            "total_seconds": round(self.total_seconds, 3),
+            "device": self.device,
+            "out_dir": str(self.out_dir) if self.out_dir else None,
+        }
+
+
+class ModelCache:
+    """Keeps built (and compiled) models for reuse across runs in one process, e.g. the trials of a worker.
+
+    Reuse re-initialises weights in place, so ``torch.compile`` happens once per (width, classes, device).
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[float, int, str, bool], tuple[nn.Module, nn.Module]] = {}
+
+    def get(self, config: Config, *, num_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
+        """(model, callable): the eager module that owns the weights, and what to call (compiled or not)."""
+        compile_ = config.train.compile
+        key = (config.model.width, num_classes, str(device), compile_)
+        if key not in self._models:
+            model = build_model(config.model, num_classes=num_classes).to(device)
+            if device.type == "cuda":
+                model = model.to(memory_format=torch.channels_last)  # NHWC convs are faster on tensor cores
+            runner = torch.compile(model) if compile_ else model
+            self._models[key] = (model, runner)
+        model, runner = self._models[key]
+        reset_parameters(model, seed=config.train.seed)
+        return model, runner
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is cuda but no CUDA device is available; use train.device=auto or cpu")
+    return torch.device(name)
+
+
+def run(
+    config: Config,
+    *,
+    callbacks: Iterable[Callback] = (),
+    splits: Splits | None = None,
+    models: ModelCache | None = None,
+    write_outputs: bool = True,
+) -> Result:
+    """Train ``config`` and evaluate every epoch; report through ``callbacks``; write outputs to train.out_dir.
+
+    ``splits``: pre-loaded data (else loaded from config.data); ``models``: a cache to reuse compiled models.
+    A NaN/infinite loss ends the run with status "diverged"; a callback's should_stop ends it as "stopped".
+    """
+    started = time.perf_counter()
+    cb = CallbackList(callbacks)
+    device = resolve_device(config.train.device)
+    torch.manual_seed(config.train.seed)
+    if splits is None:
+        splits = load_splits(config.data)  # subsets fixed by data config alone: train.seed varies only training
+    n_train = len(splits.train)
+    batch = config.train.batch_size
+    if batch > n_train:
+        raise UserError(
+            f"train.batch_size ({batch}) is larger than the training set ({n_train} images); "
+            "lower train.batch_size or raise data.train_limit"
+        )
+    steps_per_epoch = n_train // batch  # the last partial batch is dropped (as in Myrtle's code)
+    total_steps = steps_per_epoch * config.train.epochs
+
+    model, runner = (models or ModelCache()).get(config, num_classes=len(splits.classes), device=device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.optim.lr,
+        momentum=config.optim.momentum,
+        nesterov=config.optim.nesterov,
+        weight_decay=config.optim.weight_decay,
+        fused=device.type == "cuda",  # one kernel for the whole update
+    )
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch=steps_per_epoch)
+    curve = schedule_curve(config, steps_per_epoch=steps_per_epoch)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+    feeder = Feeder(config, splits, device)
+    cb.on_start(total_steps=total_steps, steps_per_epoch=steps_per_epoch, lrs=curve.lrs)
+
+    history: list[EpochMetrics] = []
+    status, reason = "complete", None
+    train_seconds = eval_seconds = 0.0
+    step = 0
+    test_predictions: torch.Tensor | None = None
+    for epoch in range(1, config.train.epochs + 1):
+        model.train()
+        t0 = _now(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for x, y in feeder.epoch(epoch):
+            with _autocast(device):
+                logits = runner(x)
+                loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            # Summed on the device: read once at epoch end, so no step waits for the GPU.
+            loss_sum += loss.detach().float() * y.shape[0]
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            cb.on_step(step, curve.lrs[step])
+            step += 1
+        train_loss = float(loss_sum) / max(seen, 1)  # the epoch's one host sync
+        epoch_seconds = _now(device) - t0
+        train_seconds += epoch_seconds
+
+        t1 = _now(device)
+        eval_batch = config.train.eval_batch_size
+        test = _evaluate(runner, model, feeder.test, feeder.normalize, batch=eval_batch, keep_predictions=True)
+        test_predictions = test.predictions
+        val = _evaluate(runner, model, feeder.val, feeder.normalize, batch=eval_batch) if feeder.val else None
+        epoch_eval = _now(device) - t1
+        eval_seconds += epoch_eval
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_accuracy=float(correct) / max(seen, 1),
+            test_loss=test.loss,
+            test_accuracy=test.accuracy,
+            val_loss=val.loss if val else None,
+            val_accuracy=val.accuracy if val else None,
+            lr=curve.lrs[step - 1],
+            seconds=epoch_seconds,
+            eval_seconds=epoch_eval,
+        )
+        history.append(metrics)
+        cb.on_epoch(metrics)
+        if not math.isfinite(train_loss):
+            status, reason = "diverged", f"training loss became {train_loss} in epoch {epoch}"
+            log.warning("run diverged: %s", reason)
+            break
+        stop = cb.should_stop(metrics)
+        if stop:
+            status, reason = "stopped", stop
+            break
+
+    result = Result(
+        status=status,
+        reason=reason,
+        history=tuple(history),
+        lrs=curve.lrs,
+        steps_per_epoch=steps_per_epoch,
+        seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        total_seconds=0.0,
+        params=count_parameters(model),
+        device=_device_name(device),
+        classes=splits.classes,
+        out_dir=Path(config.train.out_dir) if write_outputs else None,
+    )
+    artifacts: dict[str, Path] = {}
+    if write_outputs:
+        artifacts = _write_outputs(config, result, model, feeder.test, test_predictions, curve.momenta, cb)
+    return _with(result, artifacts=artifacts, total_seconds=time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class _Eval:
+    loss: float
+    accuracy: float
+    predictions: torch.Tensor | None = None
+
+
+class _DeviceSet:
+    """An ImageSet on the device: images uint8 (N, 3, H, W), labels int64 (N,)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device) -> None:
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+        self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+class Feeder:
+    """Turns the uint8 splits into normalised float batches on the device, augmented for training."""
+
+    def __init__(self, config: Config, splits: Splits, device: torch.device) -> None:
+        self.config, self.device, self.splits = config, device, splits
+        self.batch = config.train.batch_size
+        self.augment = BatchAugment.from_ops(config.augment.ops)
+        mean, std = splits.channel_stats() if config.augment.normalize else ((0.0,) * 3, (1.0,) * 3)
+        # uint8 -> float: (x - 255*mean) / (255*std), one fused multiply-add per pixel
+        self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(1, 3, 1, 1)
+        self.shift = (-torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(1, 3, 1, 1)
+        self.generator = torch.Generator(device=device).manual_seed(config.train.seed)
+        self.test = _DeviceSet(splits.test.images, splits.test.labels, device)
+        self.val = _DeviceSet(splits.val.images, splits.val.labels, device) if splits.val is not None else None
+        if self.augment is not None:
+            self.train = _DeviceSet(splits.train.images, splits.train.labels, device)
+            self.loader = None
+        else:
+            log.info("augmentation has ops the device path lacks: running it per sample in DataLoader workers")
+            self.train = None
+            self.loader = self._sample_loader(splits.train)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> float32 normalised, channels_last on CUDA."""
+        x = images.float().mul_(self.scale).add_(self.shift)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.loader is not None:
+            for images, labels in self.loader:
+                yield (
+                    self.normalize(images.to(self.device, non_blocking=True)),
+                    labels.to(self.device, non_blocking=True),
+                )
+            return
+        assert self.train is not None and self.augment is not None
+        n = len(self.train)
+        order = torch.randperm(n, device=self.device, generator=self.generator)
+        # The whole epoch augmented in one batched call: a few kernels instead of one per image.
+        images = self.augment(self.train.images[order], generator=self.generator)
+        labels = self.train.labels[order]
+        for start in range(0, n - self.batch + 1, self.batch):
+            yield self.normalize(images[start : start + self.batch]), labels[start : start + self.batch]
+
+    def _sample_loader(self, train: ImageSet) -> torch.utils.data.DataLoader:
+        dataset = SampleDataset(train.images, train.labels, self.config.augment.ops)
+        generator = torch.Generator().manual_seed(self.config.train.seed)
+        workers = self.config.data.num_workers
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=self.batch,
+            shuffle=True,
+            drop_last=True,
+            generator=generator,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.device.type == "cuda",
+        )
+
+
+@torch.no_grad()
+def _evaluate(
+    runner: nn.Module,
+    model: nn.Module,
+    data: _DeviceSet,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch: int,
+    keep_predictions: bool = False,
+) -> _Eval:
+    """Mean loss and accuracy over ``data`` (eval-mode BN); sums stay on the device until the end."""
+    model.eval()
+    device = data.labels.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    preds = []
+    for start in range(0, len(data), batch):
+        x = normalize(data.images[start : start + batch])
+        y = data.labels[start : start + batch]
+        with _autocast(device):
+            logits = runner(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        pred = logits.argmax(1)
+        correct += (pred == y).sum()
+        if keep_predictions:
+            preds.append(pred)
+    model.train()
+    n = max(len(data), 1)
+    return _Eval(float(loss_sum) / n, float(correct) / n, torch.cat(preds) if preds else None)
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    # bf16 on CUDA: tensor-core speed without loss scaling; CPU stays fp32 (bf16 is slower on most CPUs).
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # wall time of queued GPU work, read at epoch boundaries only
+    return time.perf_counter()
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def _with(result: Result, **changes: Any) -> Result:
+    return dataclasses.replace(result, **changes)
+
+
+def _write_outputs(
+    config: Config,
+    result: Result,
+    model: nn.Module,
+    test: _DeviceSet,
+    test_predictions: torch.Tensor | None,
+    momenta: tuple[float, ...],
+    cb: Callback,
+) -> dict[str, Path]:
+    """config.yaml, metrics.json, model.pt and the three plots into train.out_dir; each reported to ``cb``."""
+    out = Path(config.train.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+
+    def emit(name: str, path: Path) -> None:
+        written[name] = path
+        cb.on_artifact(path, name)
+
+    (out / "config.yaml").write_text(config.to_yaml())
+    emit("config.yaml", out / "config.yaml")
+    metrics = {"summary": result.summary(), "params": result.params, "history": [m.as_dict() for m in result.history]}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    emit("metrics.json", out / "metrics.json")
+    if config.train.save_model:
+        torch.save(
+            {"state_dict": model.state_dict(), "config": config.to_dict(), "classes": list(result.classes)},
+            out / "model.pt",
+        )
+        emit("model.pt", out / "model.pt")
+    emit(
+        "plots/lr_schedule.png",
+        plots.plot_lr_schedule(
+            result.lrs, out / "plots" / "lr_schedule.png", steps_per_epoch=result.steps_per_epoch, momenta=momenta
+        ),
+    )
+    if result.history:
+        emit("plots/curves.png", plots.plot_curves(result.history, out / "plots" / "curves.png"))
+    if test_predictions is not None:
+        images, true, pred = misclassified(test, test_predictions, count=25)
+        emit(
+            "plots/misclassified.png",
+            plots.plot_misclassified(images, true, pred, result.classes, out / "plots" / "misclassified.png"),
+        )
+    return written
+
+
+def misclassified(
+    test: _DeviceSet, predictions: torch.Tensor, *, count: int = 25
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first ``count`` misclassified test images: (uint8 (k, H, W, 3), true (k,), predicted (k,))."""
+    wrong = torch.nonzero(predictions != test.labels).flatten()[:count]
+    images = test.images[wrong].permute(0, 2, 3, 1).cpu().numpy()
+    return images, test.labels[wrong].cpu().numpy(), predictions[wrong].cpu().numpy()

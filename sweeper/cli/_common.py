@@ -1,0 +1,128 @@
+"""What every command shares: option aliases, the one error handler, the rich progress callback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from pipelines.callbacks import Callback, EpochMetrics
+from pipelines.errors import UserError
+
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config (sections data, model, augment, schedule, optim, train).", show_default=False),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a config key: --set optim.lr=0.2 (repeatable; further key=value words may follow).",
+        show_default=False,
+    ),
+]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="More key=value overrides, e.g. model.width=0.25 train.epochs=4.", show_default=False),
+]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="Data source: cifar10 (download), cifar-10-python.tar.gz or its folder, an ImageFolder dir "
+        "with train/ and test/, or a .tar/.tar.gz/.tar.xz/.zip of one. Same as --set data.path=...",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Print a UserError as one ``error: ...`` line on stderr and exit 2; anything else keeps its traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def tokens(set_: Sequence[str] | None, extra: Sequence[str] | None) -> list[str]:
+    return [*(set_ or []), *(extra or [])]
+
+
+def print_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+class RichProgress(Callback):
+    """A progress bar over all training steps (epoch, loss, accuracy, ETA) on stderr, one line per epoch."""
+
+    def __init__(self, *, label: str = "train", console: Console | None = None, epoch_lines: bool = True) -> None:
+        self.console = console or err_console
+        self.label = label
+        self.epoch_lines = epoch_lines
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self.epochs_total = 0
+        self.steps_per_epoch = 1
+
+    def on_start(self, *, total_steps: int, steps_per_epoch: int, lrs: Sequence[float]) -> None:
+        self.steps_per_epoch = max(steps_per_epoch, 1)
+        self.epochs_total = total_steps // self.steps_per_epoch
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(f"{self.label} epoch 1/{self.epochs_total}", total=total_steps, stats="")
+
+    def on_step(self, step: int, lr: float) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task)
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        if self.progress is None:
+            return
+        stats = (
+            f"loss {metrics.train_loss:.3f} train {100 * metrics.train_accuracy:.1f}% "
+            f"test {100 * metrics.test_accuracy:.1f}%"
+        )
+        if metrics.val_accuracy is not None:
+            stats += f" val {100 * metrics.val_accuracy:.1f}%"
+        next_epoch = min(metrics.epoch + 1, self.epochs_total)
+        self.progress.update(self.task, description=f"{self.label} epoch {next_epoch}/{self.epochs_total}", stats=stats)
+        if self.epoch_lines:
+            self.progress.console.print(
+                f"epoch {metrics.epoch:>3}/{self.epochs_total}  {stats}  lr {metrics.lr:.4g}  "
+                f"{metrics.seconds:.1f}s (+{metrics.eval_seconds:.1f}s eval)",
+                highlight=False,
+            )
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,46 @@
+"""``--config FILE`` + ``--set dotted.key=value`` tokens -> a validated Config."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.config import Config
+from pipelines.errors import UserError
+
+CACHE_ENV = "SWEEPER_CACHE_DIR"  # where decoded datasets are cached, unless data.cache_dir is set
+
+
+def parse_overrides(tokens: Iterable[str]) -> dict[str, Any]:
+    """``["optim.lr=0.2", "train.device=cpu"]`` -> ``{"optim.lr": 0.2, "train.device": "cpu"}`` (YAML scalars)."""
+    out: dict[str, Any] = {}
+    for token in tokens:
+        key, sep, text = token.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"override {token!r} must look like section.key=value, e.g. optim.lr=0.2")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as err:
+            raise UserError(f"override {token!r}: value is not valid YAML") from err
+        out[key.strip()] = value
+    return out
+
+
+def resolve_config(
+    config_file: Path | None,
+    tokens: Iterable[str] = (),
+    *,
+    extra: Mapping[str, Any] | None = None,
+    base: Config | None = None,
+) -> Config:
+    """Base (file, or ``base``, or the recipe) <- ``extra`` (e.g. from --data) <- ``--set`` tokens, in that order."""
+    config = Config.load(config_file) if config_file is not None else (base or Config())
+    overrides: dict[str, Any] = dict(extra or {})
+    overrides.update(parse_overrides(tokens))
+    if "data.cache_dir" not in overrides and os.environ.get(CACHE_ENV) and config.data.cache_dir == Config().data.cache_dir:
+        overrides["data.cache_dir"] = os.environ[CACHE_ENV]
+    return config.with_overrides(overrides) if overrides else config

@@ -1,0 +1,124 @@
+"""Final-config replay: train a study's chosen config on the full training set for K seeds, tracked in MLflow."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.callbacks import Callback
+from pipelines.config import Config
+from pipelines.train import ModelCache, Result, run
+from sweeper.space import effective_decay
+from sweeper.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class ReplaySource:
+    """Where the config came from: a study's trial (number and MLflow run) or a YAML file."""
+
+    label: str  # e.g. "smoke-trial-3" or "best"
+    study: str | None = None
+    trial_number: int | None = None
+    trial_run_id: str | None = None
+    parent_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    accuracies: tuple[float, ...]
+    results: tuple[Result, ...]
+    run_ids: tuple[str, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies) if self.accuracies else float("nan")
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "test_accuracy_mean": self.mean,
+            "test_accuracy_std": self.std,
+            "test_accuracies": list(self.accuracies),
+            "seeds": len(self.accuracies),
+            "runs": [
+                {"mlflow_run_id": rid, "out_dir": str(r.out_dir), "status": r.status, "test_accuracy": r.test_accuracy}
+                for rid, r in zip(self.run_ids, self.results)
+            ],
+        }
+
+
+def replay_config(config: Config, *, seed: int, out_dir: Path) -> Config:
+    """The trial's config on the full training set (no validation hold-out), with this seed and folder."""
+    return config.with_overrides({"data.val_size": 0, "train.seed": seed, "train.out_dir": str(out_dir)})
+
+
+def replay(
+    config: Config,
+    *,
+    source: ReplaySource,
+    seeds: int,
+    tracker: Tracker,
+    runs_dir: Path = Path("runs"),
+    progress: Callable[[int], Sequence[Callback]] | None = None,
+) -> ReplayResult:
+    """Train ``config`` once per seed (train.seed, +1, ...), each an MLflow run tagged sweeper.role=replay."""
+    models = ModelCache()
+    accuracies: list[float] = []
+    results: list[Result] = []
+    run_ids: list[str] = []
+    base_seed = config.train.seed
+    for k in range(seeds):
+        seed = base_seed + k
+        cfg = replay_config(config, seed=seed, out_dir=runs_dir / "replay" / source.label / f"seed-{seed}")
+        tags = {"sweeper.replay_seed": str(seed), "sweeper.replay_of": source.label}
+        if source.trial_number is not None:
+            tags["sweeper.source_trial"] = str(source.trial_number)
+        if source.trial_run_id:
+            tags["sweeper.source_run_id"] = source.trial_run_id
+        params = {
+            "effective_decay": effective_decay(
+                lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+            ),
+            "momentum": cfg.optim.momentum,
+            "weight_decay": cfg.optim.weight_decay,
+            "lr": cfg.optim.lr,
+            "seed": seed,
+        }
+        tracked = tracker.trial_run(
+            source.parent_run_id or "",
+            study=source.study or "replay",
+            number=source.trial_number if source.trial_number is not None else -1,
+            params=params,
+            tags=tags,
+            role="replay",
+            run_name=f"replay-{source.label}-seed-{seed}",
+        )
+        tracked.keep_weights = True
+        callbacks = [tracked, *(progress(k) if progress else ())]
+        try:
+            result = run(cfg, callbacks=callbacks, models=models)
+        except KeyboardInterrupt:
+            tracked.finish("interrupted", reason="interrupted")
+            raise
+        except Exception as err:
+            tracked.finish("failed", reason=f"{type(err).__name__}: {err}")
+            raise
+        state = "complete" if result.status == "complete" else ("diverged" if result.status == "diverged" else "failed")
+        tracked.finish(state, reason=result.reason, trial_seconds=result.total_seconds)
+        results.append(result)
+        run_ids.append(tracked.run_id)
+        if result.test_accuracy is not None:
+            accuracies.append(result.test_accuracy)
+    out = ReplayResult(tuple(accuracies), tuple(results), tuple(run_ids))
+    summary = {"replay.test_accuracy_mean": f"{out.mean:.6f}", "replay.test_accuracy_std": f"{out.std:.6f}"}
+    for run_id in run_ids:
+        tracker.set_tags(run_id, summary)
+    if source.parent_run_id:
+        tracker.set_tags(source.parent_run_id, summary)
+    return out

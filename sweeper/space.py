@@ -1,0 +1,238 @@
+"""Search spaces: YAML -> Optuna suggestions -> config overrides.
+
+The default space is Myrtle.ai's reparametrisation ("How to train your ResNet", part 5): with batch norm,
+test accuracy is nearly flat along momentum rho and weight decay alpha once effective_decay = lr*alpha/(1-rho)
+is fixed, so we sample (effective_decay, rho, alpha) and hand the trainer lr = effective_decay*(1-rho)/alpha.
+
+A space file looks like::
+
+    params:
+      effective_decay: {type: float, low: 2.0e-4, high: 2.0e-2, log: true}
+      momentum: {type: float, low: 0.8, high: 0.97}
+      weight_decay: {type: float, low: 5.0e-5, high: 5.0e-3, log: true}
+      optim.label_smoothing: {type: categorical, choices: [0.0, 0.1, 0.2]}
+      train.epochs: {type: int, low: 10, high: 24, step: 2}
+
+Short names: ``lr``, ``momentum``, ``weight_decay`` map to ``optim.*``; ``effective_decay`` is derived.
+Any other name must be a dotted config key (``sweeper config show`` lists them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from pipelines.config import Config, config_keys
+from pipelines.errors import UserError
+
+ALIASES = {"lr": "optim.lr", "momentum": "optim.momentum", "weight_decay": "optim.weight_decay"}
+EFFECTIVE_DECAY = "effective_decay"
+TYPES = ("float", "int", "categorical")
+GRID_POINTS = 4  # values per numeric parameter for --sampler grid
+
+BUILTIN = {
+    # Myrtle.ai part 5: 94% recipe lr 0.4, alpha 5e-4, rho 0.9 -> effective decay 2e-3, the range's log-centre.
+    "reparam": {
+        "params": {
+            "effective_decay": {"type": "float", "low": 2e-4, "high": 2e-2, "log": True},
+            "momentum": {"type": "float", "low": 0.8, "high": 0.97},
+            "weight_decay": {"type": "float", "low": 5e-5, "high": 5e-3, "log": True},
+        }
+    },
+    # The same budget over the plain (lr, rho, alpha) axes, for comparison; lr range covers the same lr values.
+    "plain": {
+        "params": {
+            "lr": {"type": "float", "low": 0.02, "high": 4.0, "log": True},
+            "momentum": {"type": "float", "low": 0.8, "high": 0.97},
+            "weight_decay": {"type": "float", "low": 5e-5, "high": 5e-3, "log": True},
+        }
+    },
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str  # as written in the space: effective_decay, momentum, optim.label_smoothing, ...
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def key(self) -> str | None:
+        """The config key it sets, or None for effective_decay (which sets optim.lr through the formula)."""
+        if self.name == EFFECTIVE_DECAY:
+            return None
+        return ALIASES.get(self.name, self.name)
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.type == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+
+    def grid(self) -> list[Any]:
+        if self.type == "categorical":
+            return list(self.choices)
+        assert self.low is not None and self.high is not None
+        if self.type == "int":
+            values = {round(self.low + (self.high - self.low) * i / (GRID_POINTS - 1)) for i in range(GRID_POINTS)}
+            return sorted(int(v) for v in values)
+        if self.log:
+            ratio = (self.high / self.low) ** (1 / (GRID_POINTS - 1))
+            return [self.low * ratio**i for i in range(GRID_POINTS)]
+        return [self.low + (self.high - self.low) * i / (GRID_POINTS - 1) for i in range(GRID_POINTS)]
+
+
+@dataclass(frozen=True)
+class Space:
+    params: tuple[Param, ...]
+    source: str  # "reparam", "plain" or the file's path
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for p in self.params:
+            spec: dict[str, Any] = {"type": p.type}
+            if p.type == "categorical":
+                spec["choices"] = list(p.choices)
+            else:
+                spec.update(low=p.low, high=p.high)
+                if p.log:
+                    spec["log"] = True
+                if p.step is not None:
+                    spec["step"] = p.step
+            out[p.name] = spec
+        return {"params": out}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def suggest(self, trial: optuna.Trial, base: Config) -> dict[str, Any]:
+        """Sample every parameter; return the config overrides (dotted key -> value), lr derived if needed."""
+        values = {p.name: p.suggest(trial) for p in self.params}
+        return self.overrides(values, base)
+
+    def overrides(self, values: Mapping[str, Any], base: Config) -> dict[str, Any]:
+        """Sampled values (by space name) -> config overrides; effective_decay -> optim.lr = ed*(1-rho)/alpha."""
+        out = {p.key: values[p.name] for p in self.params if p.key is not None}
+        if EFFECTIVE_DECAY in values:
+            rho = out.get("optim.momentum", base.optim.momentum)
+            alpha = out.get("optim.weight_decay", base.optim.weight_decay)
+            out["optim.lr"] = lr_from_effective_decay(values[EFFECTIVE_DECAY], momentum=rho, weight_decay=alpha)
+        return out
+
+    def grid(self) -> dict[str, list[Any]]:
+        return {p.name: p.grid() for p in self.params}
+
+    def check_against(self, base: Config) -> None:
+        """Fail early (before any trial) on ranges the config rejects, or an LR that cannot be derived."""
+        for p in self.params:
+            if p.key is None:
+                continue
+            for value in p.choices if p.type == "categorical" else (p.low, p.high):
+                try:
+                    base.with_overrides({p.key: int(value) if p.type == "int" else value})
+                except UserError as err:
+                    raise UserError(f"space {self.source}: {p.name} = {value!r} is invalid: {err}") from err
+        names = set(self.names)
+        if EFFECTIVE_DECAY in names and "weight_decay" not in names and "optim.weight_decay" not in names:
+            if base.optim.weight_decay <= 0:
+                raise UserError("space: effective_decay needs weight_decay > 0 (sample it or set optim.weight_decay)")
+
+
+def lr_from_effective_decay(effective_decay: float, *, momentum: float, weight_decay: float) -> float:
+    """lambda = effective_decay * (1 - rho) / alpha (Myrtle.ai part 5)."""
+    if weight_decay <= 0:
+        raise UserError("effective_decay needs optim.weight_decay > 0")
+    return effective_decay * (1.0 - momentum) / weight_decay
+
+
+def effective_decay(*, lr: float, momentum: float, weight_decay: float) -> float:
+    """lambda * alpha / (1 - rho)."""
+    return lr * weight_decay / (1.0 - momentum)
+
+
+def load_space(spec: str | Path | None) -> Space:
+    """A built-in name (reparam, plain), a YAML file, or None (reparam)."""
+    if spec is None or str(spec) in BUILTIN:
+        name = str(spec or "reparam")
+        return parse_space(BUILTIN[name], source=name)
+    path = Path(spec)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UserError(
+            f"cannot read space file {path}: {err.strerror} (built-in spaces: {', '.join(BUILTIN)})"
+        ) from err
+    return space_from_yaml(text, source=str(path))
+
+
+def space_from_yaml(text: str, *, source: str) -> Space:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise UserError(f"space {source} is not valid YAML: {' '.join(str(err).split())}") from err
+    return parse_space(raw, source=source)
+
+
+def parse_space(raw: Any, *, source: str) -> Space:
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("params"), Mapping):
+        raise UserError(f"space {source} must be a mapping with a 'params' mapping of name -> spec")
+    known = set(config_keys())
+    params = []
+    for name, spec in raw["params"].items():
+        where = f"space {source}: {name}"
+        key = ALIASES.get(name, name)
+        if name != EFFECTIVE_DECAY and key not in known:
+            raise UserError(f"{where}: unknown config key (use lr, momentum, weight_decay, effective_decay or a dotted key)")
+        if not isinstance(spec, Mapping):
+            raise UserError(f"{where}: spec must be a mapping like {{type: float, low: 0.1, high: 1.0}}")
+        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices"}
+        if unknown:
+            raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+        kind = spec.get("type", "categorical" if "choices" in spec else "float")
+        if kind not in TYPES:
+            raise UserError(f"{where}: type must be one of {', '.join(TYPES)}, got {kind!r}")
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise UserError(f"{where}: categorical needs a non-empty 'choices' list")
+            params.append(Param(name, kind, choices=tuple(choices)))
+            continue
+        low, high = spec.get("low"), spec.get("high")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+            raise UserError(f"{where}: {kind} needs numeric 'low' and 'high', got {low!r} and {high!r}")
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise UserError(f"{where}: low and high must be finite")
+        if low > high:
+            raise UserError(f"{where}: low ({low}) must be <= high ({high})")
+        log = bool(spec.get("log", False))
+        if log and low <= 0:
+            raise UserError(f"{where}: a log range must be > 0, got low={low}")
+        step = spec.get("step")
+        if step is not None and (log or step <= 0):
+            raise UserError(f"{where}: step must be > 0 and cannot be combined with log")
+        if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+            raise UserError(f"{where}: int range needs integer low and high")
+        params.append(Param(name, kind, float(low), float(high), log, step))
+    if not params:
+        raise UserError(f"space {source} is empty: give at least one parameter under 'params'")
+    keys = [p.key for p in params if p.key]
+    if len(set(keys)) != len(keys):
+        raise UserError(f"space {source}: a config key is searched twice")
+    if EFFECTIVE_DECAY in [p.name for p in params] and "optim.lr" in keys:
+        raise UserError(f"space {source}: search effective_decay or lr, not both (lr is derived from effective_decay)")
+    return Space(tuple(params), source)

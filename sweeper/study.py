@@ -1,0 +1,456 @@
+"""Optuna studies over a search space, each trial a training run tracked in MLflow.
+
+Order of record (nothing lost): the objective returns, Optuna writes the trial's state and value to its storage,
+then our study callback ends the trial's MLflow run. A trial whose worker dies is failed by the heartbeat and
+retried (Optuna's RetryFailedTrialCallback); its MLflow run is ended as FAILED by whichever worker notices.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from pipelines.callbacks import Callback, EpochMetrics
+from pipelines.config import Config
+from pipelines.data import Splits, load_splits
+from pipelines.errors import UserError
+from pipelines.train import ModelCache, run
+from sweeper.space import Space, effective_decay, load_space, space_from_yaml
+from sweeper.tracking import Tracker, TrialRun, mask_url
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "sqlite:///sweeper.db"
+STORAGE_ENV = "SWEEPER_STORAGE"
+SAMPLERS = ("tpe", "cmaes", "random", "gp", "grid")
+PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = ("val", "test")
+STUDY_VAL_SIZE = 5000  # images held out of train for the objective (CIFAR-10: 45k train / 5k val)
+HEARTBEAT_SECONDS = 20  # a running trial's heartbeat period on a server database
+GRACE_SECONDS = 60  # no heartbeat for this long: the trial is failed and retried
+MAX_RETRY = 2  # retries of a trial whose worker died
+MAX_CONSECUTIVE_FAILURES = 3  # then the study stops: something is systematically wrong
+
+
+def resolve_storage_url(url: str | None) -> str:
+    return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def make_storage(url: str | None, *, heartbeat: bool = True, tracker_uri: str | None = None) -> RDBStorage:
+    """Optuna's RDB storage; on a server database with pre-ping (reconnect after a dropped connection) and a
+    heartbeat that fails and retries the trials of dead workers."""
+    url = resolve_storage_url(url)
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as err:
+        raise UserError(
+            f"malformed storage URL {mask_url(url)!r}: expected e.g. sqlite:///sweeper.db or "
+            "postgresql+psycopg2://user:pass@host:5432/db"
+        ) from err
+    kwargs: dict[str, Any] = {}
+    if is_sqlite(url):
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300}
+        if parsed.drivername.startswith("postgresql"):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        if heartbeat:
+            kwargs.update(
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=StaleTrialHandler(tracker_uri),
+            )
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+        detail = " ".join(str(getattr(err, "orig", None) or err).split())[:200]
+        raise UserError(f"cannot open storage {mask_url(url)}: {detail}") from err
+
+
+class StaleTrialHandler:
+    """Heartbeat callback for a trial whose worker died: end its MLflow run as FAILED, then retry the trial."""
+
+    def __init__(self, tracker_uri: str | None) -> None:
+        self.tracker_uri = tracker_uri
+        self.retry = RetryFailedTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=False)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            try:
+                tracker = Tracker(study.user_attrs.get("tracking_uri_raw") or self.tracker_uri, study.study_name)
+                TrialRun(tracker.client, run_id).finish("failed", reason="worker lost (no heartbeat)")
+            except Exception:  # noqa: BLE001 - the retry must happen even if MLflow is down
+                log.exception("could not end the MLflow run %s of stale trial %d", run_id, trial.number)
+        self.retry(study, trial)
+
+
+def make_sampler(name: str, space: Space, *, seed: int | None) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        # multivariate: models the (effective_decay, rho, alpha) interactions; constant liar: parallel workers
+        # don't all sample the same point while trials are running.
+        return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    raise UserError(f"unknown sampler {name!r}: use one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str, *, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 4))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"unknown pruner {name!r}: use one of {', '.join(PRUNERS)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyOptions:
+    name: str
+    storage: str | None = None
+    tracking_uri: str | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    objective: str = "val"
+    seed: int | None = None
+    runs_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.strip() != self.name:
+            raise UserError(f"study name {self.name!r} must be non-empty, without '/' or surrounding spaces")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise UserError(f"unknown pruner {self.pruner!r}: use one of {', '.join(PRUNERS)}")
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"unknown objective {self.objective!r}: use val or test")
+
+
+class StudyObserver:
+    """What a live view hears about; all no-ops by default."""
+
+    def on_study(self, study: optuna.Study, *, space: Space, config: Config) -> None: ...
+
+    def on_trial_start(self, number: int, params: Mapping[str, Any]) -> None: ...
+
+    def on_epoch(self, number: int, metrics: EpochMetrics) -> None: ...
+
+    def on_trial_end(self, trial: FrozenTrial, state: str, seconds: float) -> None: ...
+
+
+@dataclass
+class StudyContext:
+    """What `study init` records in the study, so that workers on other machines run the same study."""
+
+    study: optuna.Study
+    space: Space
+    config: Config
+    tracker: Tracker
+    parent_run_id: str
+
+
+def study_config_base() -> Config:
+    """The recipe with a class-balanced validation split for the objective."""
+    return Config().with_overrides({"data.val_size": STUDY_VAL_SIZE})
+
+
+def init_study(
+    opts: StudyOptions,
+    *,
+    space: Space | None,
+    config: Config | None,
+) -> StudyContext:
+    """Create the study (or load it), its MLflow experiment and parent run; idempotent.
+
+    ``space``/``config`` None: the study's recorded ones (or the defaults for a new study).
+    """
+    storage_url = resolve_storage_url(opts.storage)
+    storage = make_storage(storage_url, tracker_uri=opts.tracking_uri)
+    sampler_space = space or _recorded_space(storage, opts.name) or load_space(None)
+    try:
+        study = optuna.create_study(
+            study_name=opts.name,
+            storage=storage,
+            direction="maximize",
+            load_if_exists=True,
+            sampler=make_sampler(opts.sampler, sampler_space, seed=opts.seed),
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
+        raise UserError(f"cannot create study {opts.name!r} in {mask_url(storage_url)}: {err}") from err
+    attrs = study.user_attrs
+    space = space or (space_from_yaml(attrs["space"], source=f"study {opts.name}") if "space" in attrs else sampler_space)
+    if config is None:
+        config = Config.from_yaml(attrs["config"], source=f"study {opts.name}") if "config" in attrs else study_config_base()
+    if opts.objective == "val" and config.data.val_size <= 0:
+        raise UserError("objective val needs data.val_size > 0 (a validation split); set it or use --objective test")
+    space.check_against(config)
+    make_pruner(opts.pruner, epochs=config.train.epochs)
+    tracker = Tracker(opts.tracking_uri, opts.name)
+    parent = tracker.parent_run(
+        opts.name,
+        run_id=attrs.get("mlflow_parent_run_id"),
+        params={"storage": mask_url(storage_url), "sampler": opts.sampler, "pruner": opts.pruner, "objective": opts.objective},
+    )
+    for key, value in {
+        "space": space.to_yaml(),
+        "config": config.to_yaml(),
+        "objective": opts.objective,
+        "mlflow_parent_run_id": parent,
+        "mlflow_experiment_id": tracker.experiment_id,
+        "tracking_uri": mask_url(tracker.uri),
+    }.items():
+        if attrs.get(key) != value and (key not in attrs or key in ("space", "config", "objective")):
+            study.set_user_attr(key, value)
+    if "space" not in attrs or "config" not in attrs:
+        tracker.log_artifact_text(parent, "space.yaml", space.to_yaml())
+        tracker.log_artifact_text(parent, "config.yaml", config.to_yaml())
+    return StudyContext(study, space, config, tracker, parent)
+
+
+def _recorded_space(storage: RDBStorage, name: str) -> Space | None:
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    attrs = storage.get_study_user_attrs(study_id)
+    return space_from_yaml(attrs["space"], source=f"study {name}") if "space" in attrs else None
+
+
+class _TrialReporter(Callback):
+    """Reports the objective each epoch so pruners can act; relays epochs to the observer."""
+
+    def __init__(self, trial: optuna.Trial, objective: str, observer: StudyObserver) -> None:
+        self.trial, self.objective, self.observer = trial, objective, observer
+
+    def value(self, metrics: EpochMetrics) -> float:
+        return metrics.val_accuracy if self.objective == "val" and metrics.val_accuracy is not None else metrics.test_accuracy
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        self.observer.on_epoch(self.trial.number, metrics)
+
+    def should_stop(self, metrics: EpochMetrics) -> str | None:
+        self.trial.report(self.value(metrics), metrics.epoch)
+        return "pruned" if self.trial.should_prune() else None
+
+
+@dataclass
+class StudyRunner:
+    """Runs trials of one study in this process; data and compiled models are reused across trials."""
+
+    opts: StudyOptions
+    ctx: StudyContext
+    observer: StudyObserver = field(default_factory=StudyObserver)
+    models: ModelCache = field(default_factory=ModelCache)
+    _splits: dict[Any, Splits] = field(default_factory=dict)
+    _open: dict[int, tuple[TrialRun, float]] = field(default_factory=dict)
+    _failures: int = 0
+
+    def splits(self, config: Config) -> Splits:
+        key = config.data
+        if key not in self._splits:
+            self._splits.clear()
+            self._splits[key] = load_splits(config.data)
+        return self._splits[key]
+
+    def objective(self, trial: optuna.Trial) -> float:
+        ctx = self.ctx
+        overrides = ctx.space.suggest(trial, ctx.config)
+        out_dir = Path(self.opts.runs_dir) / self.opts.name / f"trial-{trial.number:04d}"
+        config = ctx.config.with_overrides({**overrides, "train.out_dir": str(out_dir)})
+        params = {
+            "effective_decay": effective_decay(
+                lr=config.optim.lr, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay
+            ),
+            "momentum": config.optim.momentum,
+            "weight_decay": config.optim.weight_decay,
+            "lr": config.optim.lr,
+            **{k: v for k, v in overrides.items()},
+        }
+        trial.set_user_attr("config", config.to_yaml())
+        trial.set_user_attr("lr", config.optim.lr)
+        started = time.perf_counter()
+        tracked = ctx.tracker.trial_run(ctx.parent_run_id, study=self.opts.name, number=trial.number, params=params)
+        trial.set_user_attr("mlflow_run_id", tracked.run_id)
+        self._open[trial.number] = (tracked, started)
+        self.observer.on_trial_start(trial.number, params)
+        reporter = _TrialReporter(trial, self.opts.objective, self.observer)
+        try:
+            result = run(config, callbacks=[tracked, reporter], splits=self.splits(config), models=self.models)
+        except KeyboardInterrupt:
+            trial.set_user_attr("reason", "interrupted")
+            raise
+        except Exception as err:
+            trial.set_user_attr("reason", f"{type(err).__name__}: {err}"[:500])
+            log.exception("trial %d failed", trial.number)
+            raise
+        trial.set_user_attr("test_accuracy", result.test_accuracy)
+        trial.set_user_attr("train_seconds", result.seconds)
+        if result.status == "diverged":
+            trial.set_user_attr("reason", "diverged")
+            raise optuna.TrialPruned(result.reason)
+        if result.status == "stopped":
+            trial.set_user_attr("reason", result.reason or "pruned")
+            raise optuna.TrialPruned(result.reason)
+        value = reporter.value(result.history[-1])
+        return value
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Optuna calls this after the trial's state is in the storage: now end its MLflow run."""
+        tracked, started = self._open.pop(trial.number, (None, time.perf_counter()))
+        state = _tracking_state(trial)
+        seconds = time.perf_counter() - started
+        if tracked is not None:
+            tracked.finish(state, reason=trial.user_attrs.get("reason"), trial_seconds=seconds)
+        best = None
+        try:
+            best = study.best_value
+        except ValueError:
+            pass
+        self.ctx.tracker.log_study_point(self.ctx.parent_run_id, number=trial.number, value=trial.value, best=best)
+        self.observer.on_trial_end(trial, state, seconds)
+        self._failures = self._failures + 1 if trial.state == TrialState.FAIL else 0
+        if self._failures >= MAX_CONSECUTIVE_FAILURES:
+            log.error("%d trials failed in a row; stopping the study", self._failures)
+            study.stop()
+
+    def run(self, *, n_trials: int | None, timeout: float | None) -> optuna.Study:
+        study = self.ctx.study
+        self.splits(self.ctx.config)  # fail on data problems before the first trial starts
+        self.observer.on_study(study, space=self.ctx.space, config=self.ctx.config)
+        try:
+            study.optimize(
+                self.objective,
+                n_trials=n_trials,
+                timeout=timeout,
+                callbacks=[self.after_trial],
+                catch=(Exception,),
+                gc_after_trial=False,
+            )
+        except KeyboardInterrupt:
+            for number in list(self._open):
+                tracked, started = self._open.pop(number)
+                tracked.finish("interrupted", reason="interrupted", trial_seconds=time.perf_counter() - started)
+            raise
+        if self._failures >= MAX_CONSECUTIVE_FAILURES:
+            last = study.trials[-1].user_attrs.get("reason", "unknown error")
+            raise UserError(f"{self._failures} trials failed in a row (last: {last}); see the log above")
+        return study
+
+
+def _tracking_state(trial: FrozenTrial) -> str:
+    reason = trial.user_attrs.get("reason")
+    if trial.state == TrialState.COMPLETE:
+        return "complete"
+    if trial.state == TrialState.PRUNED:
+        return "diverged" if reason == "diverged" else "pruned"
+    if reason == "interrupted":
+        return "interrupted"
+    return "failed"
+
+
+def finish_study(ctx: StudyContext, *, out_dir: Path) -> dict[str, Path]:
+    """Best params as tags and the study's plots on the parent run; returns the plots written."""
+    from sweeper import study_plots
+
+    study = ctx.study
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        return {}
+    best = study.best_trial
+    ctx.tracker.set_tags(
+        ctx.parent_run_id,
+        {
+            "best.trial_number": best.number,
+            "best.value": f"{best.value:.6g}",
+            **{f"best.{k}": (f"{v:.6g}" if isinstance(v, float) else v) for k, v in best.params.items()},
+            "best.lr": f"{best.user_attrs.get('lr', float('nan')):.6g}",
+        },
+    )
+    written = study_plots.write_study_plots(study, out_dir)
+    for path in written.values():
+        ctx.tracker.log_artifact(ctx.parent_run_id, path, "study_plots")
+    return written
+
+
+# -- inspection ---------------------------------------------------------------------------------------------
+
+
+def list_studies(storage_url: str | None) -> list[dict[str, Any]]:
+    storage = make_storage(storage_url, heartbeat=False)
+    out = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        best = s.best_trial
+        out.append(
+            {
+                "name": s.study_name,
+                "trials": s.n_trials,
+                "best_value": best.value if best else None,
+                "best_trial": best.number if best else None,
+                "started": s.datetime_start.isoformat() if s.datetime_start else None,
+            }
+        )
+    return out
+
+
+def load_study(storage_url: str | None, name: str) -> optuna.Study:
+    storage = make_storage(storage_url, heartbeat=False)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError as err:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise UserError(f"no study {name!r} in {mask_url(resolve_storage_url(storage_url))} (studies: {', '.join(names) or 'none'})") from err
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.trials:
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        rows.append(
+            {
+                "number": t.number,
+                "state": _tracking_state(t) if t.state.is_finished() else t.state.name.lower(),
+                "value": t.value,
+                "params": t.params,
+                "lr": t.user_attrs.get("lr"),
+                "test_accuracy": t.user_attrs.get("test_accuracy"),
+                "seconds": seconds,
+                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+            }
+        )
+    return rows
+
+
+def best_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
+    if number is not None:
+        matches = [t for t in study.trials if t.number == number]
+        if not matches:
+            raise UserError(f"study {study.study_name!r} has no trial {number}")
+        trial = matches[0]
+        if "config" not in trial.user_attrs:
+            raise UserError(f"trial {number} of {study.study_name!r} has no recorded config")
+        return trial
+    try:
+        return study.best_trial
+    except ValueError as err:
+        raise UserError(f"study {study.study_name!r} has no complete trial yet") from err
