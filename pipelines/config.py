@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -23,6 +24,23 @@ from pipelines.errors import UserError
 POLICIES = ("one_cycle", "triangular", "constant")
 ANNEALS = ("linear", "cos")
 DEVICES = ("auto", "cpu", "cuda")
+
+# Scientific notation without a dot or an exponent sign (1e-3, 5E4, 1.5e3): floats in YAML 1.2, strings in
+# PyYAML's YAML 1.1 resolver, which would reject "lr: 1e-3" as "must be a number, got '1e-3'".
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that also reads YAML 1.2 exponent floats (see _EXPONENT_FLOAT)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, except that 1e-3 and 5e-4 are floats (as in YAML 1.2), not strings."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
 
 # Fraction of the run at which One Cycle peaks when schedule.peak_epoch is unset: epoch 5 of 24 (the recipe).
 RECIPE_PEAK_FRACTION = 5 / 24
@@ -199,7 +217,7 @@ class Config:
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "config") -> Config:
         try:
-            raw = yaml.safe_load(text)
+            raw = load_yaml(text)
         except yaml.YAMLError as err:
             raise UserError(f"{source} is not valid YAML: {_one_line(err)}") from err
         if raw is not None and not isinstance(raw, Mapping):

@@ -120,9 +120,10 @@ def lr_range_test(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                value = float(loss)  # the range test needs each loss to decide when to stop: one sync per step
-                avg = smooth * value + (1 - smooth) * avg if step else value
-                debiased = avg / (1 - (1 - smooth) ** (step + 1)) if step else avg
+                value = float(loss.detach())  # the range test needs each loss to decide when to stop: one sync per step
+                # EMA from 0, debiased (Adam/fastai): the first smoothed value is the first loss itself
+                avg = smooth * value + (1 - smooth) * avg
+                debiased = avg / (1 - (1 - smooth) ** (step + 1))
                 lrs.append(lr)
                 raw.append(value)
                 smoothed.append(debiased)

@@ -9,6 +9,7 @@ constant   -> torch.optim.lr_scheduler.ConstantLR with factor 1.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,11 +27,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Config, *, steps_p
     total = config.train.epochs * steps_per_epoch
     if sched.policy == "one_cycle":
         # pct_start: fraction of steps spent rising. OneCycleLR needs at least one step after the peak.
-        pct_start = min(config.peak_epoch / config.train.epochs, (total - 1) / total) if total > 1 else 0.5
+        steps = max(total, 2)
+        pct_start = min(config.peak_epoch / config.train.epochs, (steps - 1) / steps)
+        if math.isclose(pct_start * steps, 1.0):
+            # A peak at step 0 (e.g. 1-2 steps in all): torch's warm-up would last 0 steps and divide by zero.
+            pct_start = (1 - 1e-9) / steps
         return OneCycleLR(
             optimizer,
             max_lr=optim.lr,
-            total_steps=max(total, 2),
+            total_steps=steps,
             pct_start=pct_start,
             anneal_strategy=sched.anneal,
             div_factor=sched.start_div,

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import Config
+from pipelines.config import Config, load_yaml
 from pipelines.errors import UserError
 
 CACHE_ENV = "SWEEPER_CACHE_DIR"  # where decoded datasets are cached, unless data.cache_dir is set
@@ -23,7 +23,7 @@ def parse_overrides(tokens: Iterable[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise UserError(f"override {token!r} must look like section.key=value, e.g. optim.lr=0.2")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = load_yaml(text) if text.strip() else ""
         except yaml.YAMLError as err:
             raise UserError(f"override {token!r}: value is not valid YAML") from err
         out[key.strip()] = value
@@ -41,6 +41,12 @@ def resolve_config(
     config = Config.load(config_file) if config_file is not None else (base or Config())
     overrides: dict[str, Any] = dict(extra or {})
     overrides.update(parse_overrides(tokens))
-    if "data.cache_dir" not in overrides and os.environ.get(CACHE_ENV) and config.data.cache_dir == Config().data.cache_dir:
-        overrides["data.cache_dir"] = os.environ[CACHE_ENV]
+    overrides = {**machine_overrides(overrides), **overrides}
     return config.with_overrides(overrides) if overrides else config
+
+
+def machine_overrides(explicit: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings that belong to this machine, not to the experiment: the data cache ($SWEEPER_CACHE_DIR)."""
+    if "data.cache_dir" not in explicit and os.environ.get(CACHE_ENV):
+        return {"data.cache_dir": os.environ[CACHE_ENV]}
+    return {}

@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 import yaml
 
-from pipelines.config import Config, config_keys
+from pipelines.config import Config, config_keys, load_yaml
 from pipelines.errors import UserError
 
 ALIASES = {"lr": "optim.lr", "momentum": "optim.momentum", "weight_decay": "optim.weight_decay"}
@@ -182,7 +182,7 @@ def load_space(spec: str | Path | None) -> Space:
 
 def space_from_yaml(text: str, *, source: str) -> Space:
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as err:
         raise UserError(f"space {source} is not valid YAML: {' '.join(str(err).split())}") from err
     return parse_space(raw, source=source)

@@ -2,7 +2,7 @@
 
 Order of record (nothing lost): the objective returns, Optuna writes the trial's state and value to its storage,
 then our study callback ends the trial's MLflow run. A trial whose worker dies is failed by the heartbeat and
-retried (Optuna's RetryFailedTrialCallback); its MLflow run is ended as FAILED by whichever worker notices.
+retried (Optuna's RetryHeartbeatStaleTrialCallback); its MLflow run is ended as FAILED by whichever worker notices.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from pipelines.callbacks import Callback, EpochMetrics
@@ -36,8 +36,8 @@ SAMPLERS = ("tpe", "cmaes", "random", "gp", "grid")
 PRUNERS = ("median", "hyperband", "none")
 OBJECTIVES = ("val", "test")
 STUDY_VAL_SIZE = 5000  # images held out of train for the objective (CIFAR-10: 45k train / 5k val)
-HEARTBEAT_SECONDS = 20  # a running trial's heartbeat period on a server database
-GRACE_SECONDS = 60  # no heartbeat for this long: the trial is failed and retried
+HEARTBEAT_SECONDS = 20  # a running trial's heartbeat period on a server database ($SWEEPER_HEARTBEAT_SECONDS)
+GRACE_SECONDS = 60  # no heartbeat for this long: the trial is failed and retried ($SWEEPER_GRACE_SECONDS)
 MAX_RETRY = 2  # retries of a trial whose worker died
 MAX_CONSECUTIVE_FAILURES = 3  # then the study stops: something is systematically wrong
 
@@ -54,13 +54,7 @@ def make_storage(url: str | None, *, heartbeat: bool = True, tracker_uri: str | 
     """Optuna's RDB storage; on a server database with pre-ping (reconnect after a dropped connection) and a
     heartbeat that fails and retries the trials of dead workers."""
     url = resolve_storage_url(url)
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except (sqlalchemy.exc.ArgumentError, ValueError) as err:
-        raise UserError(
-            f"malformed storage URL {mask_url(url)!r}: expected e.g. sqlite:///sweeper.db or "
-            "postgresql+psycopg2://user:pass@host:5432/db"
-        ) from err
+    parsed = _parse_url(url)
     kwargs: dict[str, Any] = {}
     if is_sqlite(url):
         engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
@@ -70,8 +64,8 @@ def make_storage(url: str | None, *, heartbeat: bool = True, tracker_uri: str | 
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
         if heartbeat:
             kwargs.update(
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
+                heartbeat_interval=_env_int("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS),
+                grace_period=_env_int("SWEEPER_GRACE_SECONDS", GRACE_SECONDS),
                 heartbeat_stale_trial_callback=StaleTrialHandler(tracker_uri),
             )
     try:
@@ -81,12 +75,25 @@ def make_storage(url: str | None, *, heartbeat: bool = True, tracker_uri: str | 
         raise UserError(f"cannot open storage {mask_url(url)}: {detail}") from err
 
 
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise UserError(f"{name} must be a whole number of seconds, got {text!r}") from err
+    if value < 1:
+        raise UserError(f"{name} must be >= 1, got {value}")
+    return value
+
+
 class StaleTrialHandler:
     """Heartbeat callback for a trial whose worker died: end its MLflow run as FAILED, then retry the trial."""
 
     def __init__(self, tracker_uri: str | None) -> None:
         self.tracker_uri = tracker_uri
-        self.retry = RetryFailedTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=False)
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=False)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id")
@@ -175,66 +182,118 @@ def study_config_base() -> Config:
     return Config().with_overrides({"data.val_size": STUDY_VAL_SIZE})
 
 
-def init_study(
+@dataclass(frozen=True)
+class StudyPlan:
+    """Everything a study needs, resolved and validated, before anything is created."""
+
+    opts: StudyOptions
+    storage_url: str
+    space: Space
+    config: Config
+    recorded: Mapping[str, Any]  # the study's user attrs if it exists
+
+
+def plan_study(
     opts: StudyOptions,
     *,
     space: Space | None,
     config: Config | None,
-) -> StudyContext:
-    """Create the study (or load it), its MLflow experiment and parent run; idempotent.
-
-    ``space``/``config`` None: the study's recorded ones (or the defaults for a new study).
-    """
+    overrides: Mapping[str, Any] | None = None,
+) -> StudyPlan:
+    """Resolve space and config (given, else the study's recorded ones, else the defaults; ``overrides`` on
+    top) and validate them; reads the storage if the study exists, creates nothing (no half-made study)."""
     storage_url = resolve_storage_url(opts.storage)
-    storage = make_storage(storage_url, tracker_uri=opts.tracking_uri)
-    sampler_space = space or _recorded_space(storage, opts.name) or load_space(None)
+    _parse_url(storage_url)
+    recorded: Mapping[str, Any] = {}
+    if not _missing_sqlite_file(storage_url):
+        recorded = _recorded_attrs(make_storage(storage_url, heartbeat=False), opts.name)
+    if space is None:
+        space = space_from_yaml(recorded["space"], source=f"study {opts.name}") if "space" in recorded else load_space(None)
+    if config is None:
+        config = Config.from_yaml(recorded["config"], source=f"study {opts.name}") if "config" in recorded else study_config_base()
+    if overrides:
+        config = config.with_overrides(overrides)
+    if opts.objective == "val" and config.data.val_size <= 0:
+        raise UserError("objective val needs data.val_size > 0 (a validation split); set it or use --objective test")
+    space.check_against(config)
+    make_sampler(opts.sampler, space, seed=opts.seed)
+    make_pruner(opts.pruner, epochs=config.train.epochs)
+    return StudyPlan(opts, storage_url, space, config, recorded)
+
+
+def open_study(plan: StudyPlan) -> StudyContext:
+    """Create (or load) the study, its MLflow experiment and parent run, and record space and config."""
+    opts = plan.opts
+    tracker = Tracker(opts.tracking_uri, opts.name)  # fails here, before the study exists, if MLflow is down
+    storage = make_storage(plan.storage_url, tracker_uri=tracker.uri)
     try:
         study = optuna.create_study(
             study_name=opts.name,
             storage=storage,
             direction="maximize",
             load_if_exists=True,
-            sampler=make_sampler(opts.sampler, sampler_space, seed=opts.seed),
+            sampler=make_sampler(opts.sampler, plan.space, seed=opts.seed),
+            pruner=make_pruner(opts.pruner, epochs=plan.config.train.epochs),
         )
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
-        raise UserError(f"cannot create study {opts.name!r} in {mask_url(storage_url)}: {err}") from err
+        raise UserError(f"cannot create study {opts.name!r} in {mask_url(plan.storage_url)}: {err}") from err
     attrs = study.user_attrs
-    space = space or (space_from_yaml(attrs["space"], source=f"study {opts.name}") if "space" in attrs else sampler_space)
-    if config is None:
-        config = Config.from_yaml(attrs["config"], source=f"study {opts.name}") if "config" in attrs else study_config_base()
-    if opts.objective == "val" and config.data.val_size <= 0:
-        raise UserError("objective val needs data.val_size > 0 (a validation split); set it or use --objective test")
-    space.check_against(config)
-    make_pruner(opts.pruner, epochs=config.train.epochs)
-    tracker = Tracker(opts.tracking_uri, opts.name)
     parent = tracker.parent_run(
         opts.name,
         run_id=attrs.get("mlflow_parent_run_id"),
-        params={"storage": mask_url(storage_url), "sampler": opts.sampler, "pruner": opts.pruner, "objective": opts.objective},
+        params={"storage": mask_url(plan.storage_url), "sampler": opts.sampler, "pruner": opts.pruner, "objective": opts.objective},
     )
-    for key, value in {
-        "space": space.to_yaml(),
-        "config": config.to_yaml(),
+    wanted = {
+        "space": plan.space.to_yaml(),
+        "config": plan.config.to_yaml(),
         "objective": opts.objective,
-        "mlflow_parent_run_id": parent,
+        "mlflow_parent_run_id": attrs.get("mlflow_parent_run_id", parent),
         "mlflow_experiment_id": tracker.experiment_id,
         "tracking_uri": mask_url(tracker.uri),
-    }.items():
-        if attrs.get(key) != value and (key not in attrs or key in ("space", "config", "objective")):
+    }
+    for key, value in wanted.items():
+        if attrs.get(key) != value:
             study.set_user_attr(key, value)
-    if "space" not in attrs or "config" not in attrs:
-        tracker.log_artifact_text(parent, "space.yaml", space.to_yaml())
-        tracker.log_artifact_text(parent, "config.yaml", config.to_yaml())
-    return StudyContext(study, space, config, tracker, parent)
+    if attrs.get("space") != wanted["space"] or attrs.get("config") != wanted["config"]:
+        tracker.log_artifact_text(parent, "space.yaml", wanted["space"])
+        tracker.log_artifact_text(parent, "config.yaml", wanted["config"])
+    return StudyContext(study, plan.space, plan.config, tracker, parent)
 
 
-def _recorded_space(storage: RDBStorage, name: str) -> Space | None:
+def init_study(
+    opts: StudyOptions,
+    *,
+    space: Space | None,
+    config: Config | None,
+    overrides: Mapping[str, Any] | None = None,
+) -> StudyContext:
+    """plan_study + open_study: create or load the study; idempotent."""
+    return open_study(plan_study(opts, space=space, config=config, overrides=overrides))
+
+
+def _parse_url(url: str) -> sqlalchemy.engine.URL:
+    try:
+        return sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as err:
+        raise UserError(
+            f"malformed storage URL {mask_url(url)!r}: expected e.g. sqlite:///sweeper.db or "
+            "postgresql+psycopg2://user:pass@host:5432/db"
+        ) from err
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    if not is_sqlite(url):
+        return False
+    database = _parse_url(url).database
+    return not database or database == ":memory:" or not Path(database).exists()
+
+
+def _recorded_attrs(storage: RDBStorage, name: str) -> dict[str, Any]:
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
-        return None
-    attrs = storage.get_study_user_attrs(study_id)
-    return space_from_yaml(attrs["space"], source=f"study {name}") if "space" in attrs else None
+        return {}
+    return dict(storage.get_study_user_attrs(study_id))
 
 
 class _TrialReporter(Callback):
@@ -254,6 +313,20 @@ class _TrialReporter(Callback):
         return "pruned" if self.trial.should_prune() else None
 
 
+class SplitsCache:
+    """The last loaded data splits, reused while trials share the same data config."""
+
+    def __init__(self) -> None:
+        self._key: Any = None
+        self._splits: Splits | None = None
+
+    def get(self, config: Config) -> Splits:
+        if self._splits is None or self._key != config.data:
+            self._splits = load_splits(config.data)
+            self._key = config.data
+        return self._splits
+
+
 @dataclass
 class StudyRunner:
     """Runs trials of one study in this process; data and compiled models are reused across trials."""
@@ -262,16 +335,12 @@ class StudyRunner:
     ctx: StudyContext
     observer: StudyObserver = field(default_factory=StudyObserver)
     models: ModelCache = field(default_factory=ModelCache)
-    _splits: dict[Any, Splits] = field(default_factory=dict)
+    data: SplitsCache = field(default_factory=SplitsCache)
     _open: dict[int, tuple[TrialRun, float]] = field(default_factory=dict)
     _failures: int = 0
 
     def splits(self, config: Config) -> Splits:
-        key = config.data
-        if key not in self._splits:
-            self._splits.clear()
-            self._splits[key] = load_splits(config.data)
-        return self._splits[key]
+        return self.data.get(config)
 
     def objective(self, trial: optuna.Trial) -> float:
         ctx = self.ctx
@@ -426,11 +495,14 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for t in study.trials:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        last_epoch = max(t.intermediate_values, default=None)
+        running_value = t.intermediate_values[last_epoch] if last_epoch is not None else None
         rows.append(
             {
                 "number": t.number,
                 "state": _tracking_state(t) if t.state.is_finished() else t.state.name.lower(),
-                "value": t.value,
+                "value": t.value if t.state.is_finished() else running_value,
+                "epoch": last_epoch,
                 "params": t.params,
                 "lr": t.user_attrs.get("lr"),
                 "test_accuracy": t.user_attrs.get("test_accuracy"),

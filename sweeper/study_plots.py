@@ -38,7 +38,9 @@ def write_study_plots(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
                 continue
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
         fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 4))
-        fig.tight_layout()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # slice plots' colour bars trip tight_layout's check, harmlessly
+            fig.tight_layout()
         path = out_dir / name
         fig.savefig(path, dpi=100)
         plt.close(fig)

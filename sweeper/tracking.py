@@ -24,6 +24,9 @@ from pipelines.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# MLflow writes "View run ... at: URL" to stdout when a run on a server ends: that would corrupt `--json` output.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # with artifacts in ./mlartifacts: `mlflow ui` shows it, no server
 DEFAULT_ARTIFACTS = "mlartifacts"
 ROLE = "sweeper.role"

@@ -62,3 +62,127 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test runs in its own folder, so default outputs (runs/, sweeper.db, mlruns) never leak."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SWEEPER_CACHE_DIR", str(tmp_path / "cache"))
+
+
+# -- real servers on loopback ----------------------------------------------------------------------------------
+
+PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"  # trust auth on this machine and in CI
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def create_database(prefix: str) -> str:
+    """A fresh, uniquely named PostgreSQL database; returns its SQLAlchemy URL. Dropped by ``drop_database``."""
+    import uuid
+
+    import sqlalchemy
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.OperationalError as err:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {err.orig}") if not _in_ci() else pytest.fail(
+            f"PostgreSQL at 127.0.0.1:5432 is not reachable in CI: {err.orig}"
+        )
+    finally:
+        engine.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(url: str) -> None:
+    import sqlalchemy
+
+    name = url.rsplit("/", 1)[1]
+    engine = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+def _in_ci() -> bool:
+    import os
+
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture()
+def pg_url() -> object:
+    """A fresh PostgreSQL database for one test (Optuna storage)."""
+    url = create_database("sweeper_test")
+    yield url
+    drop_database(url)
+
+
+class MlflowServer:
+    """``mlflow server --workers 1`` on a free loopback port, backed by its own PostgreSQL database."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.backend = create_database("sweeper_mlflow")
+        self.proc = None
+
+    def start(self, timeout: float = 90.0) -> None:
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
+        log = open(self.root / "mlflow-server.log", "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server",
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                "--backend-store-uri", self.backend,
+                "--artifacts-destination", str(self.root / "artifacts"),
+                "--serve-artifacts",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.root / 'mlflow-server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"mlflow server did not answer within {timeout}s")
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except Exception:  # noqa: BLE001
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """One tracking server for the whole session (it takes ~13 s to start here)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.stop()
+    drop_database(server.backend)

@@ -28,7 +28,17 @@ app.command("replay")(_study.replay)
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     app()
+
+
+def quiet_libraries() -> None:
+    """Our own tables and bars say what happened; keep Optuna's and MLflow's INFO lines out of them."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 __all__ = ["app", "main"]

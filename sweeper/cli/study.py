@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
@@ -68,18 +68,16 @@ RunsOpt = Annotated[Path, typer.Option("--runs-dir", help="Where trials write th
 
 def _study_inputs(
     config: Path | None, set_: list[str] | None, overrides: list[str] | None, data: str | None, space: str | None
-) -> tuple[Any, Config | None]:
-    """(space or None, config or None): None means "the study's recorded one, or the default"."""
+) -> tuple[Any, Config | None, dict[str, Any]]:
+    """(space, config file's config, overrides); None means "the study's recorded one, or the default"."""
+    from sweeper.overrides import machine_overrides
     from sweeper.space import load_space
-    from sweeper.study import study_config_base
 
-    toks = tokens(set_, overrides)
-    extra = {"data.path": data} if data else {}
-    if config is None and not toks and not extra:
-        cfg = None
-    else:
-        cfg = resolve_config(config, toks, extra=extra, base=study_config_base())
-    return (load_space(space) if space else None), cfg
+    changes = {"data.path": data} if data else {}
+    changes.update(parse_overrides(tokens(set_, overrides)))
+    changes = {**machine_overrides(changes), **changes}
+    cfg = resolve_config(config) if config is not None else None
+    return (load_space(space) if space else None), cfg, changes
 
 
 def _opts(name: str, storage: str | None, tracking: str | None, sampler: str, pruner: str, objective: str, runs: Path, seed: int | None):  # noqa: ANN202
@@ -118,8 +116,9 @@ def init(
     """
     from sweeper.study import init_study
 
-    sp, cfg = _study_inputs(config, set_, overrides, data, space)
-    ctx = init_study(_opts(name, storage, tracking_uri, sampler, pruner, objective, Path("runs"), None), space=sp, config=cfg)
+    sp, cfg, changes = _study_inputs(config, set_, overrides, data, space)
+    opts = _opts(name, storage, tracking_uri, sampler, pruner, objective, Path("runs"), None)
+    ctx = init_study(opts, space=sp, config=cfg, overrides=changes)
     typer.echo(
         f"study {name!r} ready: {len(ctx.study.trials)} trials so far; MLflow experiment {ctx.tracker.experiment_id}, "
         f"parent run {ctx.parent_run_id}"
@@ -144,6 +143,18 @@ def run_cmd(
     objective: ObjectiveOpt = "val",
     seed: Annotated[int | None, typer.Option("--seed", help="Sampler seed (reproducible suggestions).")] = None,
     runs_dir: RunsOpt = Path("runs"),
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            "--workers",
+            help="Worker processes on this machine: a number or auto (one per visible GPU). Needs a server "
+            "database (--storage postgresql+psycopg2://...). --n-trials is split over them.",
+            show_default=False,
+        ),
+    ] = None,
+    gpus: Annotated[
+        str | None, typer.Option("--gpus", help="One worker per listed GPU, e.g. 0,1,2,3.", show_default=False)
+    ] = None,
     from_lr_finder: Annotated[
         bool, typer.Option("--from-lr-finder", help="Enqueue a first trial at the LR range test's suggestion.")
     ] = False,
@@ -157,17 +168,26 @@ def run_cmd(
     Example: sweeper study run smoke --data ../shared/data/cifar10-jpeg.tar.xz --n-trials 3
     --set data.train_limit=5000 data.test_limit=1000 data.val_size=1000 model.width=0.25 train.epochs=2
     """
-    from sweeper.study import StudyRunner, finish_study, init_study
+    from sweeper.study import SplitsCache, StudyRunner, finish_study, open_study, plan_study
 
     if n_trials is not None and n_trials < 1:
         raise UserError(f"--n-trials must be >= 1, got {n_trials}")
-    sp, cfg = _study_inputs(config, set_, overrides, data, space)
+    sp, cfg, changes = _study_inputs(config, set_, overrides, data, space)
     opts = _opts(name, storage, tracking_uri, sampler, pruner, objective, runs_dir, seed)
-    ctx = init_study(opts, space=sp, config=cfg)
-    if data and cfg is not None:
-        ctx.config = cfg
+    worker_plan = None
+    if workers is not None or gpus is not None:
+        from sweeper.workers import plan_workers
+
+        worker_plan = plan_workers(workers=workers, gpus=gpus, n_trials=n_trials or 1, storage=storage)
+    study_plan = plan_study(opts, space=sp, config=cfg, overrides=changes)
+    cache = SplitsCache()
+    cache.get(study_plan.config)  # data problems surface now, before any study or run exists
+    ctx = open_study(study_plan)
+    if worker_plan is not None and (len(worker_plan) > 1 or gpus):
+        _run_workers(ctx, opts, worker_plan, timeout=timeout, json_=json_)
+        return
     view = LiveStudyView(name, quiet=json_)
-    runner = StudyRunner(opts, ctx, observer=view)
+    runner = StudyRunner(opts, ctx, observer=view, data=cache)
     if from_lr_finder:
         _enqueue_lr_finder(ctx, runner)
     with view:
@@ -185,6 +205,58 @@ def run_cmd(
             f"best: trial {best['number']} {opts.objective} accuracy {100 * best['value']:.2f}% "
             f"(lr {best['lr']:.4g}); replay it with: sweeper replay --study {name}",
             highlight=False,
+        )
+
+
+def _run_workers(ctx: Any, opts: Any, plan: list, *, timeout: float | None, json_: bool) -> None:
+    """Start one `study run` process per worker on the shared storage; show one table read from the storage."""
+    from sweeper.study import finish_study, trial_rows
+    from sweeper.workers import interrupt, start_worker
+
+    runs_dir = Path(opts.runs_dir)
+    log_dir = runs_dir / opts.name / "logs"
+    procs = []
+    for p in plan:
+        args = ["--sampler", opts.sampler, "--pruner", opts.pruner, "--objective", opts.objective]
+        if opts.seed is not None:
+            args += ["--seed", str(opts.seed + p.index)]  # distinct seeds: workers must not sample alike
+        if timeout is not None:
+            args += ["--timeout", str(timeout)]
+        procs.append(
+            start_worker(p, study=opts.name, storage=opts.storage, tracking_uri=opts.tracking_uri,
+                         runs_dir=runs_dir, extra_args=args, log_dir=log_dir)
+        )
+    err_console.print(
+        f"{len(procs)} workers on study {opts.name!r} "
+        + ", ".join(f"#{p.index}: {p.n_trials} trials" + (f" on GPU {p.gpu}" if p.gpu else "") for p in plan)
+        + f"; logs in {log_dir}",
+        highlight=False,
+    )
+    view = LiveStudyView(opts.name, quiet=json_)
+    study = ctx.study
+    try:
+        with view:
+            while any(proc.poll() is None for proc in procs):
+                view.show_rows(trial_rows(study))
+                time.sleep(1.0)
+            view.show_rows(trial_rows(study))
+    except KeyboardInterrupt:
+        interrupt(procs)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except Exception:  # noqa: BLE001
+                proc.kill()
+        raise
+    failed = [(p.index, proc.returncode) for p, proc in zip(plan, procs) if proc.returncode != 0]
+    plots = finish_study(ctx, out_dir=runs_dir / opts.name / "study_plots")
+    rows = trial_rows(study)
+    if json_:
+        print_json({"study": opts.name, "trials": rows, "workers": len(plan), "failed_workers": failed,
+                    "plots": {k: str(v) for k, v in plots.items()}})
+    if failed:
+        raise UserError(
+            "worker(s) " + ", ".join(f"#{i} (exit {rc})" for i, rc in failed) + f" failed; see {log_dir}/worker-N.log"
         )
 
 
@@ -230,7 +302,7 @@ class LiveStudyView:
 
         self.objective = study.user_attrs.get("objective", "val")
         for row in trial_rows(study):
-            self.rows[row["number"]] = {**row, "epoch": None, "started": None}
+            self.rows[row["number"]] = {**row, "started": None}
         self._refresh()
 
     def on_trial_start(self, number: int, params: Mapping[str, Any]) -> None:
@@ -262,10 +334,17 @@ class LiveStudyView:
         row["test_accuracy"] = trial.user_attrs.get("test_accuracy", row.get("test_accuracy"))
         self._refresh()
 
+    def show_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Replace the table's rows with what the storage says (the multi-worker view)."""
+        for row in rows:
+            self.rows[row["number"]] = {**row, "started": None}
+        self._refresh()
+
     def _table(self) -> Table:
         table = Table(title=f"study {self.name}", expand=False)
-        for col in ("trial", "effective_decay", "momentum", "weight_decay", "lr", f"{self.objective} acc", "test acc", "state", "time"):
-            table.add_column(col, justify="right" if col not in ("state",) else "left")
+        # effective decay lr*wd/(1-momentum), momentum, weight decay, lr: the reparametrised space's axes
+        for col in ("trial", "λα/(1-ρ)", "ρ", "α", "λ", self.objective, "test", "state", "time"):
+            table.add_column(col, justify="left" if col == "state" else "right", no_wrap=True)
         for number in sorted(self.rows)[-30:]:
             r = self.rows[number]
             p = r.get("params") or {}
@@ -346,8 +425,7 @@ def show(name: NameArg, storage: StorageOpt = None, json_: JsonOpt = False) -> N
         return
     view = LiveStudyView(name)
     view.objective = study.user_attrs.get("objective", "val")
-    for row in rows:
-        view.rows[row["number"]] = {**row, "started": None, "epoch": None}
+    view.show_rows(rows)
     Console().print(view._table())
 
 

@@ -1,0 +1,153 @@
+"""`sweeper study run` / `replay` against a real MLflow server and the real PostgreSQL, and the embedded default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from sweeper.cli import app
+
+TINY = [
+    "model.width=0.125",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "data.val_size=60",
+    "train.device=cpu",
+]
+# 300 train images - 60 held out = 240 -> 7 steps of 32 per epoch, 14 in all
+STEPS = (300 - 60) // 32 * 2
+PLOTS = {"plots/lr_schedule.png", "plots/curves.png", "plots/misclassified.png"}
+TRIAL_METRICS = {"train_loss", "train_accuracy", "val_accuracy", "test_loss", "test_accuracy"}
+
+
+def invoke(*args: str) -> object:
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def study_run(name: str, data: Path, storage: str, tracking: str, n: int, *extra: str) -> dict:
+    result = invoke(
+        "study", "run", name, "--data", data, "--n-trials", n, "--storage", storage, "--tracking-uri", tracking,
+        "--sampler", "random", "--seed", "0", "--pruner", "none", "--json", "--set", *TINY, *extra,
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for info in client.list_artifacts(run_id, path):
+        if info.is_dir:
+            out |= artifacts(client, run_id, info.path)
+        else:
+            out.add(info.path)
+    return out
+
+
+def check_study(client: MlflowClient, name: str, storage: str, trials: int) -> tuple[str, list]:
+    """The experiment, one parent run and ``trials`` child runs with their params, metrics and artifacts."""
+    exp = client.get_experiment_by_name(name)
+    assert exp is not None
+    parents = client.search_runs([exp.experiment_id], "tags.`sweeper.role` = 'study'")
+    assert len(parents) == 1
+    parent = parents[0].info.run_id
+    children = client.search_runs([exp.experiment_id], "tags.`sweeper.role` = 'trial'")
+    assert len(children) == trials
+    study = optuna.load_study(study_name=name, storage=storage)
+    run_ids = {t.user_attrs["mlflow_run_id"]: t for t in study.trials}
+    for run in children:
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        assert tags["mlflow.parentRunId"] == parent
+        assert run.info.run_id in run_ids
+        trial = run_ids[run.info.run_id]
+        assert tags["sweeper.trial_number"] == str(trial.number)
+        assert tags["sweeper.state"] == "complete"
+        assert run.info.status == "FINISHED"
+        assert {"effective_decay", "momentum", "weight_decay", "lr"} <= set(params)
+        # lr = effective_decay * (1 - momentum) / weight_decay, as logged
+        ed, rho, alpha, lr = (float(params[k]) for k in ("effective_decay", "momentum", "weight_decay", "lr"))
+        assert lr == pytest.approx(ed * (1 - rho) / alpha, rel=1e-4)
+        assert float(params["lr"]) == pytest.approx(trial.user_attrs["lr"], rel=1e-5)
+        assert TRIAL_METRICS | {"trial_seconds"} <= set(metrics)
+        lr_hist = client.get_metric_history(run.info.run_id, "lr")
+        assert sorted(m.step for m in lr_hist) == list(range(STEPS))
+        acc_hist = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in acc_hist) == [1, 2]
+        assert metrics["val_accuracy"] == pytest.approx(trial.value)
+        assert PLOTS | {"config.yaml"} <= artifacts(client, run.info.run_id)
+    return parent, children
+
+
+@pytest.mark.slow
+def test_study_logs_parent_children_and_replay_to_mlflow_server(image_folder, mlflow_server, pg_url):
+    client = MlflowClient(mlflow_server.uri)
+    out = study_run("srv", image_folder, pg_url, mlflow_server.uri, 3)
+    assert [t["state"] for t in out["trials"]] == ["complete"] * 3
+    parent, _ = check_study(client, "srv", pg_url, 3)
+    parent_run = client.get_run(parent)
+    assert sorted(m.step for m in client.get_metric_history(parent, "objective")) == [0, 1, 2]
+    assert "best.lr" in parent_run.data.tags
+    assert {"study_plots/optimization_history.png", "study_plots/accuracy_vs_params.png"} <= artifacts(client, parent)
+
+    # a second run resumes the same study under the same parent
+    out2 = study_run("srv", image_folder, pg_url, mlflow_server.uri, 1)
+    assert [t["number"] for t in out2["trials"]] == [0, 1, 2, 3]
+    parent2, _ = check_study(client, "srv", pg_url, 4)
+    assert parent2 == parent
+
+    # replay the best trial for 2 seeds
+    best = max((t for t in out2["trials"]), key=lambda t: t["value"])
+    result = invoke(
+        "replay", "--study", "srv", "--seeds", "2", "--storage", pg_url, "--tracking-uri", mlflow_server.uri, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["seeds"] == 2 and len(summary["test_accuracies"]) == 2
+    exp = client.get_experiment_by_name("srv")
+    replays = client.search_runs([exp.experiment_id], "tags.`sweeper.role` = 'replay'")
+    assert len(replays) == 2
+    for run in replays:
+        assert run.data.tags["sweeper.source_trial"] == str(best["number"])
+        assert run.data.tags["sweeper.source_run_id"] == best["mlflow_run_id"]
+        assert float(run.data.params["lr"]) == pytest.approx(best["lr"], rel=1e-5)
+        assert "model.pt" in artifacts(client, run.info.run_id)
+        assert "val_accuracy" not in run.data.metrics  # full training set: no hold-out
+    assert {r.data.params["seed"] for r in replays} == {"0", "1"}
+
+
+@pytest.mark.slow
+def test_study_with_embedded_defaults_needs_no_server(image_folder):
+    out = study_run("local", image_folder, "sqlite:///sweeper.db", "sqlite:///mlflow.db", 2)
+    assert len(out["trials"]) == 2
+    assert Path("sweeper.db").exists() and Path("mlflow.db").exists() and Path("mlartifacts").is_dir()
+    client = MlflowClient("sqlite:///mlflow.db")
+    check_study(client, "local", "sqlite:///sweeper.db", 2)
+
+    listed = invoke("study", "list", "--storage", "sqlite:///sweeper.db", "--json")
+    assert listed.exit_code == 0 and [s["name"] for s in json.loads(listed.stdout)] == ["local"]
+    shown = invoke("study", "show", "local", "--storage", "sqlite:///sweeper.db", "--json")
+    assert len(json.loads(shown.stdout)["trials"]) == 2
+    best = invoke("study", "best", "local", "--storage", "sqlite:///sweeper.db", "--export", "best.yaml", "--json")
+    assert best.exit_code == 0, best.output
+    payload = json.loads(best.stdout)
+    assert Path("best.yaml").exists()
+
+    result = invoke("replay", "best.yaml", "--seeds", "1", "--tracking-uri", "sqlite:///mlflow.db", "--json")
+    assert result.exit_code == 0, result.output
+    replays = client.search_runs([client.get_experiment_by_name("replay").experiment_id])
+    assert len(replays) == 1
+    assert float(replays[0].data.params["lr"]) == pytest.approx(payload["lr"], rel=1e-5)
+
+
+def test_study_default_reparametrised_lr(image_folder):
+    """Trial params in the default space map to lr = effective_decay * (1 - momentum) / weight_decay."""
+    out = study_run("reparam", image_folder, "sqlite:///sweeper.db", "sqlite:///mlflow.db", 1)
+    trial = out["trials"][0]
+    p = trial["params"]
+    assert set(p) == {"effective_decay", "momentum", "weight_decay"}
+    assert trial["lr"] == pytest.approx(p["effective_decay"] * (1 - p["momentum"]) / p["weight_decay"])
