@@ -121,4 +121,5 @@ def replay(
         tracker.set_tags(run_id, summary)
     if source.parent_run_id:
         tracker.set_tags(source.parent_run_id, summary)
+    tracker.flush()
     return out

@@ -7,6 +7,7 @@ retried (Optuna's RetryHeartbeatStaleTrialCallback); its MLflow run is ended as 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -26,7 +27,7 @@ from pipelines.data import Splits, load_splits
 from pipelines.errors import UserError
 from pipelines.train import ModelCache, run
 from sweeper.space import Space, effective_decay, load_space, space_from_yaml
-from sweeper.tracking import Tracker, TrialRun, mask_url
+from sweeper.tracking import Tracker, TrialRun, absolute_sqlite, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ MAX_CONSECUTIVE_FAILURES = 3  # then the study stops: something is systematicall
 
 
 def resolve_storage_url(url: str | None) -> str:
-    return url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    """--storage, else $SWEEPER_STORAGE, else sqlite:///sweeper.db (made absolute)."""
+    return absolute_sqlite(url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE)
 
 
 def is_sqlite(url: str) -> bool:
@@ -99,8 +101,7 @@ class StaleTrialHandler:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             try:
-                tracker = Tracker(study.user_attrs.get("tracking_uri_raw") or self.tracker_uri, study.study_name)
-                TrialRun(tracker.client, run_id).finish("failed", reason="worker lost (no heartbeat)")
+                Tracker(self.tracker_uri, study.study_name).end_run(run_id, "failed", reason="worker lost (no heartbeat)")
             except Exception:  # noqa: BLE001 - the retry must happen even if MLflow is down
                 log.exception("could not end the MLflow run %s of stale trial %d", run_id, trial.number)
         self.retry(study, trial)
@@ -137,21 +138,30 @@ class StudyOptions:
     name: str
     storage: str | None = None
     tracking_uri: str | None = None
-    sampler: str = "tpe"
-    pruner: str = "median"
-    objective: str = "val"
+    sampler: str | None = None  # None: the study's recorded choice, else tpe
+    pruner: str | None = None  # None: recorded, else median
+    objective: str | None = None  # None: recorded, else val
     seed: int | None = None
     runs_dir: str = "runs"
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.strip() != self.name:
             raise UserError(f"study name {self.name!r} must be non-empty, without '/' or surrounding spaces")
-        if self.sampler not in SAMPLERS:
+        if self.sampler is not None and self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
-        if self.pruner not in PRUNERS:
+        if self.pruner is not None and self.pruner not in PRUNERS:
             raise UserError(f"unknown pruner {self.pruner!r}: use one of {', '.join(PRUNERS)}")
-        if self.objective not in OBJECTIVES:
+        if self.objective is not None and self.objective not in OBJECTIVES:
             raise UserError(f"unknown objective {self.objective!r}: use val or test")
+
+    def resolved(self, recorded: Mapping[str, Any]) -> StudyOptions:
+        """Unset choices from the study's record (so workers follow `study init`), else the defaults."""
+        return dataclasses.replace(
+            self,
+            sampler=self.sampler or recorded.get("sampler", "tpe"),
+            pruner=self.pruner or recorded.get("pruner", "median"),
+            objective=self.objective or recorded.get("objective", "val"),
+        )
 
 
 class StudyObserver:
@@ -175,6 +185,7 @@ class StudyContext:
     config: Config
     tracker: Tracker
     parent_run_id: str
+    opts: StudyOptions  # with sampler, pruner and objective resolved
 
 
 def study_config_base() -> Config:
@@ -207,6 +218,7 @@ def plan_study(
     recorded: Mapping[str, Any] = {}
     if not _missing_sqlite_file(storage_url):
         recorded = _recorded_attrs(make_storage(storage_url, heartbeat=False), opts.name)
+    opts = opts.resolved(recorded)
     if space is None:
         space = space_from_yaml(recorded["space"], source=f"study {opts.name}") if "space" in recorded else load_space(None)
     if config is None:
@@ -224,7 +236,8 @@ def plan_study(
 def open_study(plan: StudyPlan) -> StudyContext:
     """Create (or load) the study, its MLflow experiment and parent run, and record space and config."""
     opts = plan.opts
-    tracker = Tracker(opts.tracking_uri, opts.name)  # fails here, before the study exists, if MLflow is down
+    # fails here, before the study exists, if MLflow is down
+    tracker = Tracker(opts.tracking_uri, opts.name, spool_dir=Path(opts.runs_dir) / opts.name / "spool")
     storage = make_storage(plan.storage_url, tracker_uri=tracker.uri)
     try:
         study = optuna.create_study(
@@ -247,6 +260,8 @@ def open_study(plan: StudyPlan) -> StudyContext:
         "space": plan.space.to_yaml(),
         "config": plan.config.to_yaml(),
         "objective": opts.objective,
+        "sampler": opts.sampler,
+        "pruner": opts.pruner,
         "mlflow_parent_run_id": attrs.get("mlflow_parent_run_id", parent),
         "mlflow_experiment_id": tracker.experiment_id,
         "tracking_uri": mask_url(tracker.uri),
@@ -257,7 +272,8 @@ def open_study(plan: StudyPlan) -> StudyContext:
     if attrs.get("space") != wanted["space"] or attrs.get("config") != wanted["config"]:
         tracker.log_artifact_text(parent, "space.yaml", wanted["space"])
         tracker.log_artifact_text(parent, "config.yaml", wanted["config"])
-    return StudyContext(study, plan.space, plan.config, tracker, parent)
+    tracker.flush()
+    return StudyContext(study, plan.space, plan.config, tracker, parent, opts)
 
 
 def init_study(
@@ -445,6 +461,7 @@ def finish_study(ctx: StudyContext, *, out_dir: Path) -> dict[str, Path]:
     study = ctx.study
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not complete:
+        ctx.tracker.flush()
         return {}
     best = study.best_trial
     ctx.tracker.set_tags(
@@ -459,6 +476,7 @@ def finish_study(ctx: StudyContext, *, out_dir: Path) -> dict[str, Path]:
     written = study_plots.write_study_plots(study, out_dir)
     for path in written.values():
         ctx.tracker.log_artifact(ctx.parent_run_id, path, "study_plots")
+    ctx.tracker.flush()
     return written
 
 

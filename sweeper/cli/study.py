@@ -58,10 +58,21 @@ SpaceOpt = Annotated[
         show_default=False,
     ),
 ]
-SamplerOpt = Annotated[str, typer.Option("--sampler", help="tpe | cmaes | random | gp | grid.")]
-PrunerOpt = Annotated[str, typer.Option("--pruner", help="median | hyperband | none.")]
+SamplerOpt = Annotated[
+    str | None,
+    typer.Option("--sampler", help="tpe | cmaes | random | gp | grid  [default: the study's, else tpe]", show_default=False),
+]
+PrunerOpt = Annotated[
+    str | None,
+    typer.Option("--pruner", help="median | hyperband | none  [default: the study's, else median]", show_default=False),
+]
 ObjectiveOpt = Annotated[
-    str, typer.Option("--objective", help="val: accuracy on the held-out split (data.val_size); test: on the test set.")
+    str | None,
+    typer.Option(
+        "--objective",
+        help="val: accuracy on the held-out split (data.val_size); test: on the test set  [default: the study's, else val]",
+        show_default=False,
+    ),
 ]
 RunsOpt = Annotated[Path, typer.Option("--runs-dir", help="Where trials write their outputs (<runs-dir>/<study>/trial-N).")]
 
@@ -106,9 +117,9 @@ def init(
     space: SpaceOpt = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
-    sampler: SamplerOpt = "tpe",
-    pruner: PrunerOpt = "median",
-    objective: ObjectiveOpt = "val",
+    sampler: SamplerOpt = None,
+    pruner: PrunerOpt = None,
+    objective: ObjectiveOpt = None,
 ) -> None:
     """Create the study, its MLflow experiment and parent run, recording space and config (idempotent).
 
@@ -136,11 +147,11 @@ def run_cmd(
     space: SpaceOpt = None,
     n_trials: Annotated[int | None, typer.Option("--n-trials", "-n", help="Trials to run in this process.")] = 10,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Stop starting trials after this many seconds.")] = None,
-    sampler: SamplerOpt = "tpe",
-    pruner: PrunerOpt = "median",
+    sampler: SamplerOpt = None,
+    pruner: PrunerOpt = None,
     storage: StorageOpt = None,
     tracking_uri: TrackingOpt = None,
-    objective: ObjectiveOpt = "val",
+    objective: ObjectiveOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampler seed (reproducible suggestions).")] = None,
     runs_dir: RunsOpt = Path("runs"),
     workers: Annotated[
@@ -183,6 +194,7 @@ def run_cmd(
     cache = SplitsCache()
     cache.get(study_plan.config)  # data problems surface now, before any study or run exists
     ctx = open_study(study_plan)
+    opts = ctx.opts
     if worker_plan is not None and (len(worker_plan) > 1 or gpus):
         _run_workers(ctx, opts, worker_plan, timeout=timeout, json_=json_)
         return
