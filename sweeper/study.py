@@ -71,10 +71,55 @@ def make_storage(url: str | None, *, heartbeat: bool = True, tracker_uri: str | 
                 heartbeat_stale_trial_callback=StaleTrialHandler(tracker_uri),
             )
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
         detail = " ".join(str(getattr(err, "orig", None) or err).split())[:200]
         raise UserError(f"cannot open storage {mask_url(url)}: {detail}") from err
+    if not is_sqlite(url):
+        _retry_on_disconnect(storage)
+    return storage
+
+
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0)  # seconds between tries of a storage call whose connection was dropped
+
+
+def _retry_on_disconnect(storage: RDBStorage) -> None:
+    """Pre-ping replaces connections that died in the pool; a connection dropped *during* a call (a database
+    restart, pg_terminate_backend) fails that call once, so each storage call is retried on a fresh one.
+    Optuna's writes are single statements in one transaction, so a retried call either did nothing or is
+    repeated whole; the one non-idempotent call (create_new_trial) could at worst leave an extra waiting trial."""
+    for name in dir(optuna.storages.BaseStorage):
+        if name.startswith("_") or not callable(getattr(storage, name, None)):
+            continue
+        setattr(storage, name, _reconnecting(getattr(storage, name)))
+    storage._get_stale_trial_ids = _reconnecting(storage._get_stale_trial_ids)
+
+
+def _reconnecting(method: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        for delay in (*RECONNECT_DELAYS, None):
+            try:
+                return method(*args, **kwargs)
+            except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError) as err:
+                if delay is None or not _is_disconnect(err):
+                    raise
+                log.warning("storage connection lost in %s; retrying in %.1fs", method.__name__, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    call.__name__ = method.__name__
+    return call
+
+
+def _is_disconnect(err: BaseException) -> bool:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and (
+            seen.connection_invalidated or isinstance(seen, sqlalchemy.exc.OperationalError)
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _env_int(name: str, default: int) -> int:

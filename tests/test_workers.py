@@ -122,7 +122,7 @@ def test_dropped_database_connection_does_not_kill_the_worker(image_folder, pg_u
                     {"db": name},
                 ).fetchall()
                 killed += sum(1 for (ok,) in rows if ok)
-            stop.wait(1.5)
+            stop.wait(0.5)
 
     thread = threading.Thread(target=terminate, daemon=True)
     thread.start()
