@@ -109,6 +109,17 @@ class ModelCache:
         return model, runner
 
 
+def check_trainable(config: Config, splits: Splits) -> None:
+    """Problems that only show once the data is known; raised before anything is trained or recorded."""
+    n_train, batch = len(splits.train), config.train.batch_size
+    if batch > n_train:
+        raise UserError(
+            f"train.batch_size ({batch}) is larger than the training set ({n_train} images); "
+            "lower train.batch_size or raise data.train_limit"
+        )
+    resolve_device(config.train.device)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -136,14 +147,8 @@ def run(
     torch.manual_seed(config.train.seed)
     if splits is None:
         splits = load_splits(config.data)  # subsets fixed by data config alone: train.seed varies only training
-    n_train = len(splits.train)
-    batch = config.train.batch_size
-    if batch > n_train:
-        raise UserError(
-            f"train.batch_size ({batch}) is larger than the training set ({n_train} images); "
-            "lower train.batch_size or raise data.train_limit"
-        )
-    steps_per_epoch = n_train // batch  # the last partial batch is dropped (as in Myrtle's code)
+    check_trainable(config, splits)
+    steps_per_epoch = len(splits.train) // config.train.batch_size  # the last partial batch is dropped (Myrtle)
     total_steps = steps_per_epoch * config.train.epochs
 
     model, runner = (models or ModelCache()).get(config, num_classes=len(splits.classes), device=device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 
 import typer
 
@@ -27,9 +28,16 @@ app.command("replay")(_study.replay)
 
 
 def main() -> None:
+    """The console script: user errors exit 2 (one line), Ctrl-C and SIGTERM exit 130 after recording the
+    running trial as interrupted (see _common.user_errors); anything else is a bug and shows its traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_libraries()
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # `docker stop`, `kill`: the same clean stop as Ctrl-C
     app()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def quiet_libraries() -> None:

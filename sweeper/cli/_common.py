@@ -49,8 +49,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
+
+
 def user_errors(func: F) -> F:
-    """Print a UserError as one ``error: ...`` line on stderr and exit 2; anything else keeps its traceback."""
+    """Print a UserError as one ``error: ...`` line on stderr and exit 2; Ctrl-C/SIGTERM (already recorded by
+    the code below as an interrupted trial) exits 130; anything else keeps its traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -58,7 +63,10 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except UserError as err:
             err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted", highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
 

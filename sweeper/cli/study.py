@@ -179,6 +179,7 @@ def run_cmd(
     Example: sweeper study run smoke --data ../shared/data/cifar10-jpeg.tar.xz --n-trials 3
     --set data.train_limit=5000 data.test_limit=1000 data.val_size=1000 model.width=0.25 train.epochs=2
     """
+    from pipelines.train import check_trainable
     from sweeper.study import SplitsCache, StudyRunner, finish_study, open_study, plan_study
 
     if n_trials is not None and n_trials < 1:
@@ -192,7 +193,8 @@ def run_cmd(
         worker_plan = plan_workers(workers=workers, gpus=gpus, n_trials=n_trials or 1, storage=storage)
     study_plan = plan_study(opts, space=sp, config=cfg, overrides=changes)
     cache = SplitsCache()
-    cache.get(study_plan.config)  # data problems surface now, before any study or run exists
+    # data problems surface now, before any study or run exists
+    check_trainable(study_plan.config, cache.get(study_plan.config))
     ctx = open_study(study_plan)
     opts = ctx.opts
     if worker_plan is not None and (len(worker_plan) > 1 or gpus):
@@ -404,6 +406,28 @@ def _fmt(value: Any) -> str:
 
 def _pct(value: Any) -> str:
     return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else ""
+
+
+@study_app.command("sync")
+@user_errors
+def sync(
+    name: NameArg,
+    tracking_uri: TrackingOpt = None,
+    runs_dir: RunsOpt = Path("runs"),
+    json_: JsonOpt = False,
+) -> None:
+    """Upload what was spooled while MLflow was unreachable (runs/NAME/spool), in order, then remove it."""
+    from sweeper.tracking import Tracker, sync_spool
+
+    spool = runs_dir / name / "spool"
+    if not spool.exists():
+        raise UserError(f"nothing to sync: no spool at {spool}")
+    tracker = Tracker(tracking_uri, name, spool_dir=spool)
+    done = sync_spool(tracker.client, spool)
+    if json_:
+        print_json(done)
+        return
+    typer.echo(f"synced {done['operations']} operations from {done['files']} spool files to {tracker.uri}")
 
 
 @study_app.command("list")
