@@ -14,8 +14,6 @@ matplotlib.use("Agg")  # headless: workers and CI have no display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
 
 from pipelines.callbacks import EpochMetrics  # noqa: E402
 
@@ -76,31 +74,22 @@ def plot_misclassified(
     *,
     count: int = 25,
 ) -> Path:
-    """A grid of up to ``count`` misclassified images, each captioned "true -> predicted".
+    """A grid of up to ``count`` misclassified images, each titled "true -> predicted".
 
-    images: uint8 (N, H, W, 3) of the misclassified test images, in the order to show.
+    images: uint8 (N, H, W, 3) of the misclassified test images, in the order to show. One small axes per image
+    rather than torchvision's make_grid: per-image captions need their own space to stay readable.
     """
     n = min(count, len(images))
     cols = max(1, int(np.ceil(np.sqrt(n)))) if n else 1
     rows = max(1, int(np.ceil(n / cols)))
-    pad, scale = 2, 4
-    if n:
-        batch = torch.from_numpy(np.ascontiguousarray(images[:n])).permute(0, 3, 1, 2)
-        batch = torch.nn.functional.interpolate(batch.float(), scale_factor=scale, mode="nearest")
-        grid = make_grid(batch, nrow=cols, padding=pad, pad_value=255).permute(1, 2, 0).to(torch.uint8).numpy()
-    else:
-        grid = np.full((64, 64, 3), 255, np.uint8)
-    h, w = images.shape[1] * scale if n else 0, images.shape[2] * scale if n else 0
-    fig, ax = plt.subplots(figsize=(1.9 * cols, 2.1 * rows + 0.4))
-    ax.imshow(grid)
-    ax.axis("off")
-    for i in range(n):
-        r, c = divmod(i, cols)
-        x = pad + c * (w + pad) + w / 2
-        y = pad + r * (h + pad) - 1
-        ax.text(x, y, f"{classes[true[i]]}\n-> {classes[pred[i]]}", ha="center", va="bottom", fontsize=7)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.95 * rows + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i], interpolation="nearest")
+            ax.set_title(f"{classes[true[i]]}\n-> {classes[pred[i]]}", fontsize=8, pad=2)
     title = f"{n} misclassified test images (true -> predicted)" if n else "no misclassified test image"
-    ax.set_title(title, fontsize=9, pad=22)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

@@ -424,7 +424,13 @@ def _write_outputs(
 def misclassified(
     test: _DeviceSet, predictions: torch.Tensor, *, count: int = 25
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The first ``count`` misclassified test images: (uint8 (k, H, W, 3), true (k,), predicted (k,))."""
-    wrong = torch.nonzero(predictions != test.labels).flatten()[:count]
+    """Up to ``count`` misclassified test images, taken round-robin over the true classes so every class shows:
+    (uint8 (k, H, W, 3), true (k,), predicted (k,))."""
+    wrong = torch.nonzero(predictions != test.labels).flatten().cpu().numpy()
+    labels = test.labels.cpu().numpy()[wrong]
+    rank = np.zeros(len(wrong), dtype=np.int64)  # position of each mistake among those of its true class
+    for c in np.unique(labels):
+        rank[labels == c] = np.arange(int((labels == c).sum()))
+    wrong = torch.from_numpy(wrong[np.lexsort((labels, rank))][:count]).to(test.labels.device)
     images = test.images[wrong].permute(0, 2, 3, 1).cpu().numpy()
     return images, test.labels[wrong].cpu().numpy(), predictions[wrong].cpu().numpy()

@@ -42,9 +42,12 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def quiet_libraries() -> None:
     """Our own tables and bars say what happened; keep Optuna's and MLflow's INFO lines out of them."""
+    import os
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported (lazily, later)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -357,7 +357,7 @@ class LiveStudyView:
     def _table(self) -> Table:
         table = Table(title=f"study {self.name}", expand=False)
         # effective decay lr*wd/(1-momentum), momentum, weight decay, lr: the reparametrised space's axes
-        for col in ("trial", "λα/(1-ρ)", "ρ", "α", "λ", self.objective, "test", "state", "time"):
+        for col in ("#", "λα/(1-ρ)", "ρ", "α", "λ", self.objective, "test", "state", "time"):
             table.add_column(col, justify="left" if col == "state" else "right", no_wrap=True)
         for number in sorted(self.rows)[-30:]:
             r = self.rows[number]
@@ -370,10 +370,10 @@ class LiveStudyView:
                 state = f"running (epoch {r['epoch']})"
             table.add_row(
                 str(number),
-                _fmt(p.get("effective_decay")),
-                _fmt(p.get("momentum") or p.get("optim.momentum")),
-                _fmt(p.get("weight_decay") or p.get("optim.weight_decay")),
-                _fmt(p.get("lr") or p.get("optim.lr") or r.get("lr")),
+                _fmt(p.get("effective_decay"), ".1e"),
+                _fmt(p.get("momentum") or p.get("optim.momentum"), ".3f"),
+                _fmt(p.get("weight_decay") or p.get("optim.weight_decay"), ".1e"),
+                _fmt(p.get("lr") or p.get("optim.lr") or r.get("lr"), ".3g"),
                 _pct(r.get("value")),
                 _pct(r.get("test_accuracy")),
                 state,
@@ -398,14 +398,14 @@ class LiveStudyView:
             self.live = None
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, spec: str = ".4g") -> str:
     if value is None:
         return ""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return format(value, spec) if isinstance(value, float) else str(value)
 
 
 def _pct(value: Any) -> str:
-    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else ""
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else ""
 
 
 @study_app.command("sync")
