@@ -11,7 +11,7 @@ from typing import Any
 from pipelines.callbacks import Callback
 from pipelines.config import Config
 from pipelines.train import ModelCache, Result, run
-from sweeper.space import effective_decay
+from sweeper.space import optim_params
 from sweeper.tracking import Tracker
 
 
@@ -81,15 +81,7 @@ def replay(
             tags["sweeper.source_trial"] = str(source.trial_number)
         if source.trial_run_id:
             tags["sweeper.source_run_id"] = source.trial_run_id
-        params = {
-            "effective_decay": effective_decay(
-                lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
-            ),
-            "momentum": cfg.optim.momentum,
-            "weight_decay": cfg.optim.weight_decay,
-            "lr": cfg.optim.lr,
-            "seed": seed,
-        }
+        params = {**optim_params(cfg), "seed": seed}
         tracked = tracker.trial_run(
             source.parent_run_id or "",
             study=source.study or "replay",

@@ -165,6 +165,17 @@ def effective_decay(*, lr: float, momentum: float, weight_decay: float) -> float
     return lr * weight_decay / (1.0 - momentum)
 
 
+def optim_params(config: Config) -> dict[str, float]:
+    """The four numbers every trial and replay logs: effective_decay, momentum, weight_decay, lr."""
+    optim = config.optim
+    return {
+        "effective_decay": effective_decay(lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay),
+        "momentum": optim.momentum,
+        "weight_decay": optim.weight_decay,
+        "lr": optim.lr,
+    }
+
+
 def load_space(spec: str | Path | None) -> Space:
     """A built-in name (reparam, plain), a YAML file, or None (reparam)."""
     if spec is None or str(spec) in BUILTIN:

@@ -26,7 +26,7 @@ from pipelines.config import Config
 from pipelines.data import Splits, load_splits
 from pipelines.errors import UserError
 from pipelines.train import ModelCache, run
-from sweeper.space import Space, effective_decay, load_space, space_from_yaml
+from sweeper.space import Space, load_space, optim_params, space_from_yaml
 from sweeper.tracking import Tracker, TrialRun, absolute_sqlite, mask_url
 
 log = logging.getLogger(__name__)
@@ -408,15 +408,7 @@ class StudyRunner:
         overrides = ctx.space.suggest(trial, ctx.config)
         out_dir = Path(self.opts.runs_dir) / self.opts.name / f"trial-{trial.number:04d}"
         config = ctx.config.with_overrides({**overrides, "train.out_dir": str(out_dir)})
-        params = {
-            "effective_decay": effective_decay(
-                lr=config.optim.lr, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay
-            ),
-            "momentum": config.optim.momentum,
-            "weight_decay": config.optim.weight_decay,
-            "lr": config.optim.lr,
-            **{k: v for k, v in overrides.items()},
-        }
+        params = {**optim_params(config), **overrides}
         trial.set_user_attr("config", config.to_yaml())
         trial.set_user_attr("lr", config.optim.lr)
         started = time.perf_counter()
