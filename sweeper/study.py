@@ -71,8 +71,8 @@ def make_storage(url: str | None, *, heartbeat: bool = True, tracker_uri: str | 
                 heartbeat_stale_trial_callback=StaleTrialHandler(tracker_uri),
             )
     try:
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+        storage = _reconnecting(RDBStorage)(url, engine_kwargs=engine_kwargs, **kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
         detail = " ".join(str(getattr(err, "orig", None) or err).split())[:200]
         raise UserError(f"cannot open storage {mask_url(url)}: {detail}") from err
     if not is_sqlite(url):
@@ -111,13 +111,23 @@ def _reconnecting(method: Any) -> Any:
     return call
 
 
+# What PostgreSQL clients say when an open connection is cut (not when none can be made: that is not retried)
+DISCONNECT_MARKERS = (
+    "closed the connection",
+    "terminating connection",
+    "connection already closed",
+    "connection has been closed",
+    "connection reset",
+)
+
+
 def _is_disconnect(err: BaseException) -> bool:
     seen: BaseException | None = err
     while seen is not None:
-        if isinstance(seen, sqlalchemy.exc.DBAPIError) and (
-            seen.connection_invalidated or isinstance(seen, sqlalchemy.exc.OperationalError)
-        ):
-            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError):
+            text = str(seen).lower()
+            if seen.connection_invalidated or any(marker in text for marker in DISCONNECT_MARKERS):
+                return True
         seen = seen.__cause__ or seen.__context__
     return False
 

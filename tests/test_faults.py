@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from conftest import MlflowServer, free_port, write_image_folder
 from sweeper.cli import app
+from sweeper.tracking import absolute_sqlite
 
 TINY = ["model.width=0.125", "train.batch_size=32", "data.val_size=60", "train.device=cpu"]
 
@@ -111,7 +112,7 @@ def test_diverging_trial_is_pruned_as_diverged_and_the_study_goes_on(image_folde
     study = optuna.load_study(study_name="div", storage="sqlite:///sweeper.db")
     diverged = [t for t in study.trials if t.params["lr"] == 1000000.0][0]
     assert diverged.state == TrialState.PRUNED and diverged.user_attrs["reason"] == "diverged"
-    run = MlflowClient("sqlite:///mlflow.db").get_run(diverged.user_attrs["mlflow_run_id"])
+    run = MlflowClient(absolute_sqlite("sqlite:///mlflow.db")).get_run(diverged.user_attrs["mlflow_run_id"])
     assert run.data.tags["sweeper.state"] == "diverged"
 
 

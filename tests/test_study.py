@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from sweeper.cli import app
+from sweeper.tracking import absolute_sqlite
 
 TINY = [
     "model.width=0.125",
@@ -125,7 +126,7 @@ def test_study_with_embedded_defaults_needs_no_server(image_folder):
     out = study_run("local", image_folder, "sqlite:///sweeper.db", "sqlite:///mlflow.db", 2)
     assert len(out["trials"]) == 2
     assert Path("sweeper.db").exists() and Path("mlflow.db").exists() and Path("mlartifacts").is_dir()
-    client = MlflowClient("sqlite:///mlflow.db")
+    client = MlflowClient(absolute_sqlite("sqlite:///mlflow.db"))
     check_study(client, "local", "sqlite:///sweeper.db", 2)
 
     listed = invoke("study", "list", "--storage", "sqlite:///sweeper.db", "--json")
