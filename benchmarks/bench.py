@@ -63,7 +63,7 @@ FORWARD_FLOP_PER_IMAGE = 0.759e9
 FLOP_PER_TRAIN_IMAGE = 2.28e9
 # Width-multiplied models: scaled by width**2 (every conv but the 3-channel prep conv, and the FC, has both its
 # input and output channels multiplied). The prep conv and FC scale by width only: at width 1 they are 0.5% of
-# the total, at width 0.125 the exact count is 4% above the width**2 figure (see "forward_flop_counted").
+# the total, at width 0.125 the exact count is 3.2% above the width**2 figure (see "forward_flop_counted").
 FLOP_BASIS = "2.28 GFLOP per training image x width**2 (issue: 3 x 0.759 GFLOP forward at width 1)"
 
 # Peak: one square matmul timed repeatedly; the best repetition is the peak (the issue's 8192^3 bf16 on CUDA).

@@ -152,3 +152,14 @@ def test_study_default_reparametrised_lr(image_folder):
     p = trial["params"]
     assert set(p) == {"effective_decay", "momentum", "weight_decay"}
     assert trial["lr"] == pytest.approx(p["effective_decay"] * (1 - p["momentum"]) / p["weight_decay"])
+
+
+def test_from_lr_finder_enqueues_trial_0_at_the_suggested_lr(image_folder):
+    out = study_run("lrf", image_folder, "sqlite:///sweeper.db", "sqlite:///mlflow.db", 1, "--from-lr-finder")
+    study = optuna.load_study(study_name="lrf", storage="sqlite:///sweeper.db")
+    first = study.trials[0]
+    assert first.user_attrs["source"] == "lr_finder"
+    p = first.params
+    # the enqueued point keeps the config's momentum and weight decay (0.9, 5e-4)
+    assert p["momentum"] == pytest.approx(0.9) and p["weight_decay"] == pytest.approx(5e-4)
+    assert out["trials"][0]["lr"] == pytest.approx(p["effective_decay"] * (1 - 0.9) / 5e-4)
