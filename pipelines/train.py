@@ -144,6 +144,8 @@ def run(
     started = time.perf_counter()
     cb = CallbackList(callbacks)
     device = resolve_device(config.train.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # input shapes are fixed: let cuDNN pick the fastest conv kernels
     torch.manual_seed(config.train.seed)
     if splits is None:
         splits = load_splits(config.data)  # subsets fixed by data config alone: train.seed varies only training
