@@ -99,6 +99,7 @@ class ModelCache:
         compile_ = config.train.compile
         key = (config.model.width, num_classes, str(device), compile_)
         if key not in self._models:
+            self._models.clear()  # keep one: a space that searches model.width must not pile models on the GPU
             model = build_model(config.model, num_classes=num_classes).to(device)
             if device.type == "cuda":
                 model = model.to(memory_format=torch.channels_last)  # NHWC convs are faster on tensor cores

@@ -10,7 +10,8 @@ from typing import Any
 
 from pipelines.callbacks import Callback
 from pipelines.config import Config
-from pipelines.train import ModelCache, Result, run
+from pipelines.data import load_splits
+from pipelines.train import ModelCache, Result, check_trainable, run
 from sweeper.space import optim_params
 from sweeper.tracking import Tracker
 
@@ -69,6 +70,9 @@ def replay(
 ) -> ReplayResult:
     """Train ``config`` once per seed (train.seed, +1, ...), each an MLflow run tagged sweeper.role=replay."""
     models = ModelCache()
+    first = replay_config(config, seed=config.train.seed, out_dir=runs_dir)
+    splits = load_splits(first.data)  # once for all seeds, and checked before any run is created
+    check_trainable(first, splits)
     accuracies: list[float] = []
     results: list[Result] = []
     run_ids: list[str] = []
@@ -94,7 +98,7 @@ def replay(
         tracked.keep_weights = True
         callbacks = [tracked, *(progress(k) if progress else ())]
         try:
-            result = run(cfg, callbacks=callbacks, models=models)
+            result = run(cfg, callbacks=callbacks, models=models, splits=splits)
         except KeyboardInterrupt:
             tracked.finish("interrupted", reason="interrupted")
             raise

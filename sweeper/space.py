@@ -84,6 +84,11 @@ class Param:
         if self.type == "categorical":
             return list(self.choices)
         assert self.low is not None and self.high is not None
+        if self.step is not None:  # on the step lattice, as Optuna's distributions require
+            count = int(round((self.high - self.low) / self.step)) + 1
+            picks = sorted({round(i * (count - 1) / (GRID_POINTS - 1)) for i in range(GRID_POINTS)})
+            values = [round(self.low + k * self.step, 12) for k in picks]
+            return [int(v) for v in values] if self.type == "int" else values
         if self.type == "int":
             values = {round(self.low + (self.high - self.low) * i / (GRID_POINTS - 1)) for i in range(GRID_POINTS)}
             return sorted(int(v) for v in values)

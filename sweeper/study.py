@@ -25,7 +25,7 @@ from pipelines.callbacks import Callback, EpochMetrics
 from pipelines.config import Config
 from pipelines.data import Splits, load_splits
 from pipelines.errors import UserError
-from pipelines.train import ModelCache, run
+from pipelines.train import ModelCache, check_trainable, run
 from sweeper.space import Space, load_space, optim_params, space_from_yaml
 from sweeper.tracking import Tracker, TrialRun, absolute_sqlite, mask_url
 
@@ -52,7 +52,9 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_storage(url: str | None, *, heartbeat: bool = True, tracker_uri: str | None = None) -> RDBStorage:
+def make_storage(
+    url: str | None, *, heartbeat: bool = True, tracker_uri: str | None = None, runs_dir: str = "runs"
+) -> RDBStorage:
     """Optuna's RDB storage; on a server database with pre-ping (reconnect after a dropped connection) and a
     heartbeat that fails and retries the trials of dead workers."""
     url = resolve_storage_url(url)
@@ -68,7 +70,7 @@ def make_storage(url: str | None, *, heartbeat: bool = True, tracker_uri: str | 
             kwargs.update(
                 heartbeat_interval=_env_int("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS),
                 grace_period=_env_int("SWEEPER_GRACE_SECONDS", GRACE_SECONDS),
-                heartbeat_stale_trial_callback=StaleTrialHandler(tracker_uri),
+                heartbeat_stale_trial_callback=StaleTrialHandler(tracker_uri, runs_dir=runs_dir),
             )
     try:
         storage = _reconnecting(RDBStorage)(url, engine_kwargs=engine_kwargs, **kwargs)
@@ -86,25 +88,38 @@ RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0)  # seconds between tries of a storage ca
 def _retry_on_disconnect(storage: RDBStorage) -> None:
     """Pre-ping replaces connections that died in the pool; a connection dropped *during* a call (a database
     restart, pg_terminate_backend) fails that call once, so each storage call is retried on a fresh one.
-    Optuna's writes are single statements in one transaction, so a retried call either did nothing or is
-    repeated whole; the one non-idempotent call (create_new_trial) could at worst leave an extra waiting trial."""
-    for name in dir(optuna.storages.BaseStorage):
-        if name.startswith("_") or not callable(getattr(storage, name, None)):
+    Every method is wrapped, private ones too: Optuna's _CachedStorage calls _create_new_trial, _get_trials,
+    _set_trial_param and _get_best_trial_id, and the heartbeat thread record_heartbeat. Optuna's writes are one
+    transaction each, so a retried call either did nothing or is repeated whole; a state change whose commit
+    landed before the connection died is recognised on retry (see _reconnecting). The one non-idempotent call,
+    creating a trial, could at worst leave one extra trial if its reply was lost."""
+    for name in dir(RDBStorage):
+        if name.startswith("__") or name in _NOT_WRAPPED or not callable(getattr(RDBStorage, name, None)):
             continue
-        setattr(storage, name, _reconnecting(getattr(storage, name)))
-    storage._get_stale_trial_ids = _reconnecting(storage._get_stale_trial_ids)
+        method = getattr(storage, name)
+        if callable(method):
+            setattr(storage, name, _reconnecting(method))
+
+
+_NOT_WRAPPED = frozenset({"remove_session", "upgrade", "get_current_version", "get_head_version", "get_all_versions"})
 
 
 def _reconnecting(method: Any) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
+        retried = False
         for delay in (*RECONNECT_DELAYS, None):
             try:
                 return method(*args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if retried and method.__name__ == "set_trial_state_values":
+                    return True  # our first try committed before the connection died
+                raise
             except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError) as err:
                 if delay is None or not _is_disconnect(err):
                     raise
                 log.warning("storage connection lost in %s; retrying in %.1fs", method.__name__, delay)
                 time.sleep(delay)
+                retried = True
         raise AssertionError("unreachable")
 
     call.__name__ = method.__name__
@@ -148,15 +163,18 @@ def _env_int(name: str, default: int) -> int:
 class StaleTrialHandler:
     """Heartbeat callback for a trial whose worker died: end its MLflow run as FAILED, then retry the trial."""
 
-    def __init__(self, tracker_uri: str | None) -> None:
+    def __init__(self, tracker_uri: str | None, *, runs_dir: str = "runs") -> None:
         self.tracker_uri = tracker_uri
+        self.runs_dir = runs_dir
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=False)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             try:
-                Tracker(self.tracker_uri, study.study_name).end_run(run_id, "failed", reason="worker lost (no heartbeat)")
+                spool = Path(self.runs_dir) / study.study_name / "spool"
+                tracker = Tracker(self.tracker_uri, study.study_name, spool_dir=spool)
+                tracker.end_run(run_id, "failed", reason="worker lost (no heartbeat)")
             except Exception:  # noqa: BLE001 - the retry must happen even if MLflow is down
                 log.exception("could not end the MLflow run %s of stale trial %d", run_id, trial.number)
         self.retry(study, trial)
@@ -200,8 +218,10 @@ class StudyOptions:
     runs_dir: str = "runs"
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name.strip() != self.name:
-            raise UserError(f"study name {self.name!r} must be non-empty, without '/' or surrounding spaces")
+        if not self.name or any(c in self.name for c in "/'\"`\\") or self.name.strip() != self.name:
+            raise UserError(
+                f"study name {self.name!r} must be non-empty, without quotes, slashes or surrounding spaces"
+            )
         if self.sampler is not None and self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
         if self.pruner is not None and self.pruner not in PRUNERS:
@@ -265,9 +285,11 @@ def plan_study(
     space: Space | None,
     config: Config | None,
     overrides: Mapping[str, Any] | None = None,
+    data: SplitsCache | None = None,
 ) -> StudyPlan:
     """Resolve space and config (given, else the study's recorded ones, else the defaults; ``overrides`` on
-    top) and validate them; reads the storage if the study exists, creates nothing (no half-made study)."""
+    top) and validate them, the data too when ``data`` is given; reads the storage if the study exists and
+    creates nothing (no half-made study)."""
     storage_url = resolve_storage_url(opts.storage)
     _parse_url(storage_url)
     recorded: Mapping[str, Any] = {}
@@ -285,15 +307,18 @@ def plan_study(
     space.check_against(config)
     make_sampler(opts.sampler, space, seed=opts.seed)
     make_pruner(opts.pruner, epochs=config.train.epochs)
+    if data is not None:
+        check_trainable(config, data.get(config))
     return StudyPlan(opts, storage_url, space, config, recorded)
 
 
 def open_study(plan: StudyPlan) -> StudyContext:
     """Create (or load) the study, its MLflow experiment and parent run, and record space and config."""
     opts = plan.opts
-    # fails here, before the study exists, if MLflow is down
+    # fails here, before the study or the experiment exists, if MLflow is down; the storage next, so that a
+    # storage that cannot be opened leaves no experiment behind (the experiment is created on first use)
     tracker = Tracker(opts.tracking_uri, opts.name, spool_dir=Path(opts.runs_dir) / opts.name / "spool")
-    storage = make_storage(plan.storage_url, tracker_uri=tracker.uri)
+    storage = make_storage(plan.storage_url, tracker_uri=tracker.uri, runs_dir=opts.runs_dir)
     try:
         study = optuna.create_study(
             study_name=opts.name,
@@ -329,17 +354,6 @@ def open_study(plan: StudyPlan) -> StudyContext:
         tracker.log_artifact_text(parent, "config.yaml", wanted["config"])
     tracker.flush()
     return StudyContext(study, plan.space, plan.config, tracker, parent, opts)
-
-
-def init_study(
-    opts: StudyOptions,
-    *,
-    space: Space | None,
-    config: Config | None,
-    overrides: Mapping[str, Any] | None = None,
-) -> StudyContext:
-    """plan_study + open_study: create or load the study; idempotent."""
-    return open_study(plan_study(opts, space=space, config=config, overrides=overrides))
 
 
 def _parse_url(url: str) -> sqlalchemy.engine.URL:
@@ -419,12 +433,12 @@ class StudyRunner:
         out_dir = Path(self.opts.runs_dir) / self.opts.name / f"trial-{trial.number:04d}"
         config = ctx.config.with_overrides({**overrides, "train.out_dir": str(out_dir)})
         params = {**optim_params(config), **overrides}
-        trial.set_user_attr("config", config.to_yaml())
-        trial.set_user_attr("lr", config.optim.lr)
         started = time.perf_counter()
         tracked = ctx.tracker.trial_run(ctx.parent_run_id, study=self.opts.name, number=trial.number, params=params)
-        trial.set_user_attr("mlflow_run_id", tracked.run_id)
         self._open[trial.number] = (tracked, started)
+        trial.set_user_attr("mlflow_run_id", tracked.run_id)
+        trial.set_user_attr("config", config.to_yaml())
+        trial.set_user_attr("lr", config.optim.lr)
         self.observer.on_trial_start(trial.number, params)
         reporter = _TrialReporter(trial, self.opts.objective, self.observer)
         try:
@@ -449,11 +463,12 @@ class StudyRunner:
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna calls this after the trial's state is in the storage: now end its MLflow run."""
-        tracked, started = self._open.pop(trial.number, (None, time.perf_counter()))
+        tracked, started = self._open.get(trial.number, (None, time.perf_counter()))
         state = _tracking_state(trial)
         seconds = time.perf_counter() - started
         if tracked is not None:
             tracked.finish(state, reason=trial.user_attrs.get("reason"), trial_seconds=seconds)
+            self._open.pop(trial.number, None)
         best = None
         try:
             best = study.best_value
@@ -479,15 +494,30 @@ class StudyRunner:
                 catch=(Exception,),
                 gc_after_trial=False,
             )
-        except KeyboardInterrupt:
-            for number in list(self._open):
-                tracked, started = self._open.pop(number)
-                tracked.finish("interrupted", reason="interrupted", trial_seconds=time.perf_counter() - started)
+        except BaseException as err:
+            self._end_open_runs(study, interrupted=isinstance(err, KeyboardInterrupt))
             raise
         if self._failures >= MAX_CONSECUTIVE_FAILURES:
             last = study.trials[-1].user_attrs.get("reason", "unknown error")
             raise UserError(f"{self._failures} trials failed in a row (last: {last}); see the log above")
         return study
+
+
+    def _end_open_runs(self, study: optuna.Study, *, interrupted: bool) -> None:
+        """On the way out of optimize (Ctrl-C, or an error Optuna did not catch): record each trial still open
+        as failed in the storage first, then end its MLflow run (KILLED or FAILED), then flush the queue."""
+        state = "interrupted" if interrupted else "failed"
+        for number, (tracked, started) in list(self._open.items()):
+            try:
+                trial = study.trials[number] if number < len(study.trials) else None
+                if trial is not None and trial.state == TrialState.RUNNING:
+                    study._storage.set_trial_user_attr(trial._trial_id, "reason", state)
+                    study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            except Exception:  # noqa: BLE001 - the storage may be what failed; the heartbeat will catch it
+                log.exception("could not record trial %d as %s", number, state)
+            tracked.finish(state, reason=state, trial_seconds=time.perf_counter() - started)
+            self._open.pop(number, None)
+        self.ctx.tracker.flush()
 
 
 def _tracking_state(trial: FrozenTrial) -> str:

@@ -160,12 +160,10 @@ class LogQueue:
             try:
                 apply_op(self.client, op)
                 return
-            except mlflow.exceptions.RestException as err:
-                if 400 <= (err.get_http_status_code() or 500) < 500 and err.get_http_status_code() not in (408, 429):
-                    log.error("MLflow rejected %s for run %s: %s", op["op"], run_id, err)
-                    return  # a bad request will not get better by retrying or spooling
-                error = err
-            except Exception as err:  # noqa: BLE001 - connection errors of any transport
+            except Exception as err:  # noqa: BLE001 - sorted below
+                if not is_transient(err):
+                    log.error("MLflow rejected %s for run %s (dropped, retrying cannot help): %s", op["op"], run_id, err)
+                    return
                 error = err
             if delay is not None:
                 time.sleep(delay)
@@ -187,16 +185,43 @@ class LogQueue:
         self.spooled += 1
 
 
+def is_transient(err: BaseException) -> bool:
+    """A failure that may pass (server down, timeout, 5xx, rate limit), as opposed to a rejected request."""
+    if isinstance(err, mlflow.exceptions.RestException):
+        status = err.get_http_status_code() or 500
+        return status >= 500 or status in (408, 429)
+    if isinstance(err, mlflow.exceptions.MlflowException):
+        # the REST client reports connection failures as "API request to ... failed with exception ..."
+        return err.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED") and (
+            "API request" in str(err) or "Max retries" in str(err) or err.error_code != "INTERNAL_ERROR"
+        )
+    return isinstance(err, (OSError, TimeoutError)) or "Connection" in type(err).__name__
+
+
+SYNCING = ".syncing"  # a spool file being uploaded: renamed first, so a live writer starts a fresh file
+
+
 def sync_spool(client: MlflowClient, spool_dir: Path) -> dict[str, int]:
-    """Replay every spooled operation in order; remove what was sent. Raises UserError if MLflow is still down."""
-    sent = files = 0
+    """Replay every spooled operation in order; remove what was sent. Raises UserError if MLflow is still down.
+
+    Each file is renamed before it is read, so a study still running (appending to its spool) loses nothing;
+    pending run ids made while offline are mapped to the runs created here, across files and across syncs
+    (ops left behind are rewritten with the real ids). Ops MLflow rejects outright are skipped and counted.
+    """
+    sent = skipped = files = 0
+    run_ids: dict[str, str] = {}
     for path in sorted(spool_dir.glob("*.jsonl")):
+        path.rename(path.with_name(path.name + SYNCING))
+    for path in sorted(spool_dir.glob("*" + SYNCING)):
         ops = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        run_ids: dict[str, str] = {}
         for i, op in enumerate(ops):
             try:
                 created = apply_op(client, op, run_ids)
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - sorted by is_transient
+                if not is_transient(err):
+                    log.error("MLflow rejected spooled %s for run %s; skipped: %s", op["op"], op["run_id"], err)
+                    skipped += 1
+                    continue
                 remaining = [
                     {**o, "run_id": run_ids.get(o["run_id"], o["run_id"])} | _mapped_create(o, run_ids) for o in ops[i:]
                 ]
@@ -212,9 +237,9 @@ def sync_spool(client: MlflowClient, spool_dir: Path) -> dict[str, int]:
             sent += 1
         path.unlink()
         files += 1
-    if (spool_dir / "files").exists() and not any(spool_dir.glob("*.jsonl")):
+    if (spool_dir / "files").exists() and not any(spool_dir.glob("*.jsonl")) and not any(spool_dir.glob("*" + SYNCING)):
         shutil.rmtree(spool_dir / "files")
-    return {"operations": sent, "files": files}
+    return {"operations": sent, "skipped": skipped, "files": files}
 
 
 def _mapped_create(op: Mapping[str, Any], run_ids: Mapping[str, str]) -> dict[str, Any]:
@@ -234,27 +259,30 @@ class Tracker:
         self.spool_dir = spool_dir or Path("runs") / experiment / "spool"
         try:
             found = self.client.get_experiment_by_name(experiment)
-            if found is None:
-                location = None
-                if self.uri.startswith("sqlite:") or "://" not in self.uri:
-                    location = Path(DEFAULT_ARTIFACTS).absolute().as_uri()
-                try:
-                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-                except mlflow.exceptions.MlflowException:
-                    # another worker created it between our look-up and our create
-                    found = self.client.get_experiment_by_name(experiment)
-                    if found is None:
-                        raise
-                    self.experiment_id = found.experiment_id
-            else:
-                self.experiment_id = found.experiment_id
         except mlflow.exceptions.RestException as err:
             raise UserError(f"MLflow at {mask_url(self.uri)}: {' '.join(str(err).split())[:300]}") from err
         except Exception as err:  # noqa: BLE001 - connection refused, DNS, timeouts: unreachable
             raise UserError(
                 f"cannot reach MLflow at {mask_url(self.uri)} ({type(err).__name__}); start it or pass --tracking-uri"
             ) from err
+        self._experiment_id: str | None = found.experiment_id if found is not None else None
         self._queue: LogQueue | None = None
+
+    @property
+    def experiment_id(self) -> str:
+        """The experiment's id, creating it on first use (so a failed start-up check leaves no experiment)."""
+        if self._experiment_id is None:
+            location = None
+            if self.uri.startswith("sqlite:") or "://" not in self.uri:
+                location = Path(DEFAULT_ARTIFACTS).absolute().as_uri()
+            try:
+                self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+            except mlflow.exceptions.MlflowException:
+                found = self.client.get_experiment_by_name(self.experiment_name)  # another worker made it first
+                if found is None:
+                    raise
+                self._experiment_id = found.experiment_id
+        return self._experiment_id
 
     @property
     def queue(self) -> LogQueue:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +27,15 @@ class WorkerPlan:
 
 
 def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (its own list when it is set)."""
     try:
         import torch
 
-        return [str(i) for i in range(torch.cuda.device_count())]
+        count = torch.cuda.device_count()
     except Exception:  # noqa: BLE001 - no CUDA runtime: no GPU
         return []
+    inherited = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return inherited[:count] if inherited else [str(i) for i in range(count)]
 
 
 def plan_workers(*, workers: str | None, gpus: str | None, n_trials: int, storage: str | None) -> list[WorkerPlan]:
@@ -86,15 +90,34 @@ def start_worker(
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     log_dir.mkdir(parents=True, exist_ok=True)
-    log = open(log_dir / f"worker-{plan.index}.log", "ab")  # noqa: SIM115 - owned by the child process
     cmd = [
         sys.executable, "-m", "sweeper", "study", "run", study,
         "--n-trials", str(plan.n_trials), "--runs-dir", str(runs_dir), "--json", *extra_args,
     ]
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_dir / f"worker-{plan.index}.log", "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def interrupt(procs: list[subprocess.Popen]) -> None:
+STOP_SECONDS = 30.0  # after SIGINT, how long workers get to record their trials before SIGKILL
+
+
+def stop_workers(procs: list[subprocess.Popen], *, grace: float = STOP_SECONDS) -> None:
+    """SIGINT every live worker (each records its running trial as interrupted), SIGKILL what is left after
+    one shared deadline. Workers run in their own sessions, so a terminal's Ctrl-C reaches only the parent."""
     for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
+        _signal(proc, signal.SIGINT)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal(proc, signal.SIGKILL)
+            proc.wait()
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass

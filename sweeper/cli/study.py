@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,8 @@ from sweeper.cli._common import (
     user_errors,
 )
 from sweeper.overrides import parse_overrides, resolve_config
+
+log = logging.getLogger(__name__)
 
 study_app = typer.Typer(help="Run, inspect and export Optuna studies (one MLflow experiment each).", no_args_is_help=True)
 
@@ -125,11 +128,11 @@ def init(
 
     Run it once before starting many workers, so they never race to create them.
     """
-    from sweeper.study import init_study
+    from sweeper.study import SplitsCache, open_study, plan_study
 
     sp, cfg, changes = _study_inputs(config, set_, overrides, data, space)
     opts = _opts(name, storage, tracking_uri, sampler, pruner, objective, Path("runs"), None)
-    ctx = init_study(opts, space=sp, config=cfg, overrides=changes)
+    ctx = open_study(plan_study(opts, space=sp, config=cfg, overrides=changes, data=SplitsCache()))
     typer.echo(
         f"study {name!r} ready: {len(ctx.study.trials)} trials so far; MLflow experiment {ctx.tracker.experiment_id}, "
         f"parent run {ctx.parent_run_id}"
@@ -179,7 +182,6 @@ def run_cmd(
     Example: sweeper study run smoke --data ../shared/data/cifar10-jpeg.tar.xz --n-trials 3
     --set data.train_limit=5000 data.test_limit=1000 data.val_size=1000 model.width=0.25 train.epochs=2
     """
-    from pipelines.train import check_trainable
     from sweeper.study import SplitsCache, StudyRunner, finish_study, open_study, plan_study
 
     if n_trials is not None and n_trials < 1:
@@ -191,10 +193,10 @@ def run_cmd(
         from sweeper.workers import plan_workers
 
         worker_plan = plan_workers(workers=workers, gpus=gpus, n_trials=n_trials or 1, storage=storage)
-    study_plan = plan_study(opts, space=sp, config=cfg, overrides=changes)
-    cache = SplitsCache()
-    # data problems surface now, before any study or run exists
-    check_trainable(study_plan.config, cache.get(study_plan.config))
+    cache = SplitsCache()  # data problems surface in plan_study, before any study or run exists
+    study_plan = plan_study(opts, space=sp, config=cfg, overrides=changes, data=cache)
+    if from_lr_finder and worker_plan is not None and (len(worker_plan) > 1 or gpus):
+        raise UserError("--from-lr-finder runs in one process: enqueue it with a single `study run` first")
     ctx = open_study(study_plan)
     opts = ctx.opts
     if worker_plan is not None and (len(worker_plan) > 1 or gpus):
@@ -225,7 +227,7 @@ def run_cmd(
 def _run_workers(ctx: Any, opts: Any, plan: list, *, timeout: float | None, json_: bool) -> None:
     """Start one `study run` process per worker on the shared storage; show one table read from the storage."""
     from sweeper.study import finish_study, trial_rows
-    from sweeper.workers import interrupt, start_worker
+    from sweeper.workers import start_worker, stop_workers
 
     runs_dir = Path(opts.runs_dir)
     log_dir = runs_dir / opts.name / "logs"
@@ -251,17 +253,14 @@ def _run_workers(ctx: Any, opts: Any, plan: list, *, timeout: float | None, json
     try:
         with view:
             while any(proc.poll() is None for proc in procs):
-                view.show_rows(trial_rows(study))
+                try:
+                    view.show_rows(trial_rows(study))
+                except Exception as err:  # noqa: BLE001 - the view must not take the workers down with it
+                    log.warning("could not refresh the table: %s", err)
                 time.sleep(1.0)
             view.show_rows(trial_rows(study))
-    except KeyboardInterrupt:
-        interrupt(procs)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except Exception:  # noqa: BLE001
-                proc.kill()
-        raise
+    finally:
+        stop_workers(procs)  # no-op when all have exited; else SIGINT, then SIGKILL after a deadline
     failed = [(p.index, proc.returncode) for p, proc in zip(plan, procs) if proc.returncode != 0]
     plots = finish_study(ctx, out_dir=runs_dir / opts.name / "study_plots")
     rows = trial_rows(study)
@@ -552,12 +551,12 @@ def replay(
             trial_run_id=chosen.user_attrs.get("mlflow_run_id"),
             parent_run_id=st.user_attrs.get("mlflow_parent_run_id"),
         )
-        tracker = Tracker(tracking_uri, study)
+        tracker = Tracker(tracking_uri, study, spool_dir=runs_dir / study / "spool")
     else:
         path = Path(files[0])
         cfg = resolve_config(path, toks, extra=extra)
         src = ReplaySource(label=path.stem)
-        tracker = Tracker(tracking_uri, "replay")
+        tracker = Tracker(tracking_uri, "replay", spool_dir=runs_dir / "replay" / "spool")
     bars: list[RichProgress] = []
 
     def progress(k: int) -> list[RichProgress]:
