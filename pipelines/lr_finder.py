@@ -26,9 +26,6 @@ from pipelines.train import Feeder, _autocast, resolve_device
 
 log = logging.getLogger(__name__)
 
-SUGGESTIONS = ("valley", "steepest", "min_loss_div10")
-
-
 @dataclass(frozen=True, kw_only=True)
 class LRFinderResult:
     """lrs[i] was used for step i; losses[i] is the exponentially smoothed loss after it."""

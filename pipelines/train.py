@@ -32,8 +32,6 @@ from pipelines.schedules import build_scheduler, schedule_curve
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("complete", "diverged", "stopped")
-
 
 @dataclass(frozen=True, kw_only=True)
 class Result:
@@ -194,7 +192,8 @@ def run(
             seen += y.shape[0]
             cb.on_step(step, curve.lrs[step])
             step += 1
-        train_loss = float(loss_sum) / max(seen, 1)  # the epoch's one host sync
+        loss_total, correct_total = torch.stack([loss_sum, correct.float()]).tolist()  # the epoch's one host sync
+        train_loss = loss_total / max(seen, 1)
         epoch_seconds = _now(device) - t0
         train_seconds += epoch_seconds
 
@@ -208,7 +207,7 @@ def run(
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,
-            train_accuracy=float(correct) / max(seen, 1),
+            train_accuracy=correct_total / max(seen, 1),
             test_loss=test.loss,
             test_accuracy=test.accuracy,
             val_loss=val.loss if val else None,
@@ -245,7 +244,7 @@ def run(
     artifacts: dict[str, Path] = {}
     if write_outputs:
         artifacts = _write_outputs(config, result, model, feeder.test, test_predictions, curve.momenta, cb)
-    return _with(result, artifacts=artifacts, total_seconds=time.perf_counter() - started)
+    return dataclasses.replace(result, artifacts=artifacts, total_seconds=time.perf_counter() - started)
 
 
 @dataclass(frozen=True)
@@ -373,9 +372,6 @@ def _device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     return "cpu"
 
-
-def _with(result: Result, **changes: Any) -> Result:
-    return dataclasses.replace(result, **changes)
 
 
 def _write_outputs(

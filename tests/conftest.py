@@ -89,9 +89,7 @@ def create_database(prefix: str) -> str:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
     except sqlalchemy.exc.OperationalError as err:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {err.orig}") if not _in_ci() else pytest.fail(
-            f"PostgreSQL at 127.0.0.1:5432 is not reachable in CI: {err.orig}"
-        )
+        missing(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {err.orig}")
     finally:
         engine.dispose()
     return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
@@ -113,6 +111,21 @@ def _in_ci() -> bool:
     import os
 
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(reason: str) -> None:
+    """A prerequisite of this machine is absent: skip on a developer's machine, fail in CI (where it must exist)."""
+    if _in_ci():
+        pytest.fail(f"{reason} (required in CI)")
+    pytest.skip(reason)
+
+
+@pytest.fixture()
+def shared_cifar() -> Path:
+    """The shared CIFAR-10 JPEG copy beside the checkout (CI has it)."""
+    if not SHARED_CIFAR.is_file():
+        missing(f"shared CIFAR-10 copy missing: {SHARED_CIFAR}")
+    return SHARED_CIFAR
 
 
 @pytest.fixture()

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from pipelines.config import Config
 from sweeper.cli import app
 
-from conftest import SHARED_CIFAR
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = ["model.width=0.125", "train.batch_size=32", "train.device=cpu"]  # trains in about a second on 2 CPU cores
@@ -258,10 +257,9 @@ def test_lr_find_with_bad_bounds_exits_2(image_folder: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason=f"shared CIFAR-10 copy missing: {SHARED_CIFAR}")
-def test_quarter_width_resnet_reaches_50_percent_on_cifar10_subset_in_4_cpu_epochs(tmp_path: Path) -> None:
+def test_quarter_width_resnet_reaches_50_percent_on_cifar10_subset_in_4_cpu_epochs(tmp_path: Path, shared_cifar: Path) -> None:
     result = invoke(
-        "train", "--data", str(SHARED_CIFAR), "--json", "--set",
+        "train", "--data", str(shared_cifar), "--json", "--set",
         "data.train_limit=10000", "data.test_limit=2000", "model.width=0.25", "train.epochs=4",
         "train.batch_size=128", "optim.lr=0.2", "train.device=cpu",
     )  # fmt: skip

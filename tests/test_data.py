@@ -20,7 +20,7 @@ from pipelines.config import DataConfig
 from pipelines.data import ImageSet, Splits, balanced_subset, load_source, load_splits
 from pipelines.errors import UserError
 
-from conftest import CLASSES, SHARED_CIFAR, synthetic_images, write_image_folder
+from conftest import CLASSES, synthetic_images, write_image_folder
 
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -472,10 +472,8 @@ def test_image_of_another_size_is_named(tmp_path: Path, cache_dir: Path):
 
 
 @pytest.mark.slow
-def test_shared_cifar10_jpeg_archive_loads_and_reloads_from_the_cache_fast(tmp_path: Path):
-    if not SHARED_CIFAR.is_file():
-        pytest.skip(f"{SHARED_CIFAR} is not here")
-    cfg = DataConfig(path=str(SHARED_CIFAR), cache_dir=str(tmp_path / "cache"))
+def test_shared_cifar10_jpeg_archive_loads_and_reloads_from_the_cache_fast(tmp_path: Path, shared_cifar: Path):
+    cfg = DataConfig(path=str(shared_cifar), cache_dir=str(tmp_path / "cache"))
 
     first = load_splits(cfg)
     start = time.perf_counter()

@@ -578,5 +578,3 @@ def replay(
         f"replay of {src.label}: test accuracy {100 * result.mean:.2f}% ± {100 * result.std:.2f}% over {seeds} seeds ({accs})"
     )
 
-
-_ = parse_overrides  # re-exported for tests of the CLI layer
