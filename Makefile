@@ -1,5 +1,5 @@
 # sweeper: `make run` runs a study on the embedded defaults (SQLite storage, local MLflow store);
-# `make test` runs the test suite. Both install the project first.
+# `make test` runs lint (ruff check and format) and the test suite. Both install the project first.
 PY ?= python3
 SHARED_DATA := ../shared/data/cifar10-jpeg.tar.xz
 DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),cifar10)
@@ -9,7 +9,7 @@ TRIALS ?= 3
 SMOKE_SET := data.train_limit=5000 data.test_limit=1000 data.val_size=1000 model.width=0.25 train.epochs=2 train.batch_size=128
 RUN_SET ?= $(if $(FULL),,$(SMOKE_SET))
 
-.PHONY: install run test test-fast bench ui
+.PHONY: install run lint test test-fast bench ui
 
 install:
 	$(PY) -m pip install -q -e '.[test]'
@@ -18,7 +18,11 @@ run: install
 	sweeper study run $(STUDY) --data $(DATA) --n-trials $(TRIALS) $(if $(RUN_SET),--set $(RUN_SET))
 	@echo "see it with: mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
 
-test: install
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -210,10 +210,7 @@ def forward_flop_counted(config: Config, num_classes: int) -> int:
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"cpu {_cpu_model()}".strip()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu {_cpu_model()}".strip()
     return {
         "type": device.type,
         "name": name,

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.errors import UserError
+from pipelines.errors import UserError, one_line
 
 POLICIES = ("one_cycle", "triangular", "constant")
 ANNEALS = ("linear", "cos")
@@ -39,7 +39,7 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("
 
 def load_yaml(text: str) -> Any:
     """yaml.safe_load, except that 1e-3 and 5e-4 are floats (as in YAML 1.2), not strings."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader subclass
 
 
 # Fraction of the run at which One Cycle peaks when schedule.peak_epoch is unset: epoch 5 of 24 (the recipe).
@@ -128,7 +128,9 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         _require(self.policy in POLICIES, f"schedule.policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         _require(self.anneal in ANNEALS, f"schedule.anneal must be one of {', '.join(ANNEALS)}, got {self.anneal!r}")
-        _require(self.peak_epoch is None or self.peak_epoch > 0, f"schedule.peak_epoch must be > 0, got {self.peak_epoch}")
+        _require(
+            self.peak_epoch is None or self.peak_epoch > 0, f"schedule.peak_epoch must be > 0, got {self.peak_epoch}"
+        )
         _require(self.start_div >= 1, f"schedule.start_div must be >= 1, got {self.start_div}")
         _require(self.end_div >= 1, f"schedule.end_div must be >= 1, got {self.end_div}")
         _require(self.step_epochs > 0, f"schedule.step_epochs must be > 0, got {self.step_epochs}")
@@ -219,7 +221,7 @@ class Config:
         try:
             raw = load_yaml(text)
         except yaml.YAMLError as err:
-            raise UserError(f"{source} is not valid YAML: {_one_line(err)}") from err
+            raise UserError(f"{source} is not valid YAML: {one_line(err)}") from err
         if raw is not None and not isinstance(raw, Mapping):
             raise UserError(f"{source} must be a YAML mapping of sections (data, model, ...), got {type(raw).__name__}")
         return cls.from_dict(raw)
@@ -257,10 +259,6 @@ def config_keys() -> list[str]:
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
 
 
 def _plain(value: Any) -> Any:

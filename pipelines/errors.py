@@ -1,10 +1,27 @@
-"""The one exception type for problems the user can fix (bad config, bad data, bad paths)."""
+"""The one exception type for problems the user can fix, and the one-line rendering of any error."""
 
 from __future__ import annotations
 
 
 class UserError(Exception):
-    """A problem the user can fix; its message is one line naming the culprit and what to do.
+    """A problem the user can fix (bad config, bad data, bad paths); its message is one line naming the culprit and
+    what to do.
 
-    The CLI prints it as ``error: <message>`` and exits 2. Anything else is a bug and keeps its traceback.
+    Front ends show the message as is (the sweeper CLI prints ``error: <message>`` and exits 2). Anything else is a
+    bug and keeps its traceback.
     """
+
+
+def one_line(err: BaseException, *, limit: int | None = None, with_type: bool = False) -> str:
+    """``err``'s message on one line: every run of whitespace (newlines included) becomes one space.
+
+    ``with_type`` puts the exception's type name first (``"ValueError: bad value"``); the type name alone stands
+    for an empty message (``KeyError()`` -> ``"KeyError"``). Cut to its first ``limit`` characters when given.
+    The project's one way of quoting a foreign error inside a one-line message.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    message = " ".join(str(err).split())
+    kind = type(err).__name__
+    text = (f"{kind}: {message}" if with_type else message) if message else kind
+    return text if limit is None else text[:limit]

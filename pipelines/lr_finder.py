@@ -1,7 +1,8 @@
 """The LR range test (Smith 2015; fastai's lr_find): sweep the LR up over N real training steps, watch the loss.
 
-Written here rather than taken from torch-lr-finder because it must use this project's device-resident,
-batch-augmented feeder (no DataLoader) and return fastai's "valley" suggestion, which that package lacks.
+Written here rather than taken from torch-lr-finder because it must use this project's :class:`~pipelines.feed.Feeder`
+(device-resident uint8 data, batched augmentation; that package wants a DataLoader) and return fastai's "valley"
+suggestion, which that package lacks.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from pipelines import plots
 from pipelines.config import Config
 from pipelines.data import Splits, load_splits
 from pipelines.errors import UserError
+from pipelines.feed import Feeder
 from pipelines.model import build_model
-from pipelines.train import Feeder, _autocast, resolve_device
+from pipelines.train import autocast, resolve_device
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, kw_only=True)
 class LRFinderResult:
@@ -102,17 +105,15 @@ def lr_range_test(
     avg, best, diverged_at = 0.0, math.inf, None
     model.train()
     try:
-        epoch = 0
         while len(lrs) < num_iter and diverged_at is None:
-            epoch += 1
-            for x, y in feeder.epoch(epoch):
+            for x, y in feeder.epoch():
                 step = len(lrs)
                 if step >= num_iter:
                     break
                 lr = float(lrs_plan[step])
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with _autocast(device):
+                with autocast(device):
                     loss = criterion(model(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

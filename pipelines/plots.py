@@ -12,10 +12,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: workers and CI have no display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from pipelines.callbacks import EpochMetrics  # noqa: E402
+from pipelines.callbacks import EpochMetrics
 
 DPI = 110
 
@@ -111,7 +111,10 @@ def plot_lr_finder(
     losses_arr, lrs_arr = np.asarray(losses), np.asarray(lrs)
     for name, lr in suggestions.items():
         idx = int(np.argmin(np.abs(np.log(lrs_arr) - np.log(lr)))) if log_x else int(np.argmin(np.abs(lrs_arr - lr)))
-        style = dict(color="tab:red", ms=10, zorder=3) if name == chosen else dict(color="tab:gray", ms=7, zorder=2)
+        if name == chosen:
+            style = {"color": "tab:red", "ms": 10, "zorder": 3}
+        else:
+            style = {"color": "tab:gray", "ms": 7, "zorder": 2}
         ax.plot(lr, losses_arr[idx], markers.get(name, "o"), label=f"{name}: {lr:.3g}", **style)
     ax.set(xlabel="learning rate", ylabel="smoothed loss", title="LR range test")
     ax.grid(alpha=0.3, which="both")

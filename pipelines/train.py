@@ -1,32 +1,31 @@
-"""The training loop: device-resident data, batched augmentation, SGD + One Cycle, per-epoch evaluation.
+"""The training loop: SGD with the configured LR schedule, evaluation after every epoch, the run's :class:`Result`.
 
-Hot path rules (why it is fast): the uint8 training set lives on the device and is augmented a whole epoch at
-a time in a few batched kernels; losses and correct counts are summed on the device and read once per epoch
+Hot path rules (why it is fast): batches come from :class:`~pipelines.feed.Feeder` (uint8 data on the device,
+augmented a whole epoch at a time); losses and correct counts are summed on the device and read once per epoch
 (no host sync per step); bf16 autocast and channels_last on CUDA; the LR curve is known ahead of time.
+What a run writes to train.out_dir is :mod:`pipelines.outputs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from pipelines import plots
-from pipelines.augment import BatchAugment, SampleDataset
+from pipelines import outputs
 from pipelines.callbacks import Callback, CallbackList, EpochMetrics
 from pipelines.config import Config
-from pipelines.data import ImageSet, Splits, load_splits
+from pipelines.data import Splits, load_splits
 from pipelines.errors import UserError
+from pipelines.feed import DeviceSet, Feeder
 from pipelines.model import build_model, count_parameters, reset_parameters
 from pipelines.schedules import build_scheduler, schedule_curve
 
@@ -67,7 +66,10 @@ class Result:
         return self._last("val_accuracy")
 
     def summary(self) -> dict[str, Any]:
-        """The ``--json`` answer of ``sweeper train``."""
+        """The run's headline as JSON-ready values: status, last-epoch accuracies, epochs, seconds, device, out_dir.
+
+        Written as ``summary`` in metrics.json.
+        """
         return {
             "status": self.status,
             "reason": self.reason,
@@ -120,6 +122,7 @@ def check_trainable(config: Config, splits: Splits) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``train.device`` (auto | cpu | cuda) as a torch device: auto is CUDA when available, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -178,8 +181,8 @@ def run(
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        for x, y in feeder.epoch(epoch):
-            with _autocast(device):
+        for x, y in feeder.epoch():
+            with autocast(device):
                 logits = runner(x)
                 loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -243,7 +246,7 @@ def run(
     )
     artifacts: dict[str, Path] = {}
     if write_outputs:
-        artifacts = _write_outputs(config, result, model, feeder.test, test_predictions, curve.momenta, cb)
+        artifacts = outputs.write(config, result, model, feeder.test, test_predictions, curve.momenta, cb)
     return dataclasses.replace(result, artifacts=artifacts, total_seconds=time.perf_counter() - started)
 
 
@@ -254,82 +257,11 @@ class _Eval:
     predictions: torch.Tensor | None = None
 
 
-class _DeviceSet:
-    """An ImageSet on the device: images uint8 (N, 3, H, W), labels int64 (N,)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device) -> None:
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
-        self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-
-class Feeder:
-    """Turns the uint8 splits into normalised float batches on the device, augmented for training."""
-
-    def __init__(self, config: Config, splits: Splits, device: torch.device) -> None:
-        self.config, self.device, self.splits = config, device, splits
-        self.batch = config.train.batch_size
-        self.augment = BatchAugment.from_ops(config.augment.ops)
-        mean, std = splits.channel_stats() if config.augment.normalize else ((0.0,) * 3, (1.0,) * 3)
-        # uint8 -> float: (x - 255*mean) / (255*std), one fused multiply-add per pixel
-        self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(1, 3, 1, 1)
-        self.shift = (-torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(1, 3, 1, 1)
-        self.generator = torch.Generator(device=device).manual_seed(config.train.seed)
-        self.test = _DeviceSet(splits.test.images, splits.test.labels, device)
-        self.val = _DeviceSet(splits.val.images, splits.val.labels, device) if splits.val is not None else None
-        if self.augment is not None:
-            self.train = _DeviceSet(splits.train.images, splits.train.labels, device)
-            self.loader = None
-        else:
-            log.info("augmentation has ops the device path lacks: running it per sample in DataLoader workers")
-            self.train = None
-            self.loader = self._sample_loader(splits.train)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) -> float32 normalised, channels_last on CUDA."""
-        x = images.float().mul_(self.scale).add_(self.shift)
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.loader is not None:
-            for images, labels in self.loader:
-                yield (
-                    self.normalize(images.to(self.device, non_blocking=True)),
-                    labels.to(self.device, non_blocking=True),
-                )
-            return
-        assert self.train is not None and self.augment is not None
-        n = len(self.train)
-        order = torch.randperm(n, device=self.device, generator=self.generator)
-        # The whole epoch augmented in one batched call: a few kernels instead of one per image.
-        images = self.augment(self.train.images[order], generator=self.generator)
-        labels = self.train.labels[order]
-        for start in range(0, n - self.batch + 1, self.batch):
-            yield self.normalize(images[start : start + self.batch]), labels[start : start + self.batch]
-
-    def _sample_loader(self, train: ImageSet) -> torch.utils.data.DataLoader:
-        dataset = SampleDataset(train.images, train.labels, self.config.augment.ops)
-        generator = torch.Generator().manual_seed(self.config.train.seed)
-        workers = self.config.data.num_workers
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.batch,
-            shuffle=True,
-            drop_last=True,
-            generator=generator,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=self.device.type == "cuda",
-        )
-
-
 @torch.no_grad()
 def _evaluate(
     runner: nn.Module,
     model: nn.Module,
-    data: _DeviceSet,
+    data: DeviceSet,
     normalize: Callable[[torch.Tensor], torch.Tensor],
     *,
     batch: int,
@@ -344,7 +276,7 @@ def _evaluate(
     for start in range(0, len(data), batch):
         x = normalize(data.images[start : start + batch])
         y = data.labels[start : start + batch]
-        with _autocast(device):
+        with autocast(device):
             logits = runner(x)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         pred = logits.argmax(1)
@@ -356,7 +288,8 @@ def _evaluate(
     return _Eval(float(loss_sum) / n, float(correct) / n, torch.cat(preds) if preds else None)
 
 
-def _autocast(device: torch.device) -> torch.autocast:
+def autocast(device: torch.device) -> torch.autocast:
+    """The autocast context of the forward pass on ``device``."""
     # bf16 on CUDA: tensor-core speed without loss scaling; CPU stays fp32 (bf16 is slower on most CPUs).
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -371,65 +304,3 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return "cpu"
-
-
-
-def _write_outputs(
-    config: Config,
-    result: Result,
-    model: nn.Module,
-    test: _DeviceSet,
-    test_predictions: torch.Tensor | None,
-    momenta: tuple[float, ...],
-    cb: Callback,
-) -> dict[str, Path]:
-    """config.yaml, metrics.json, model.pt and the three plots into train.out_dir; each reported to ``cb``."""
-    out = Path(config.train.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-
-    def emit(name: str, path: Path) -> None:
-        written[name] = path
-        cb.on_artifact(path, name)
-
-    (out / "config.yaml").write_text(config.to_yaml())
-    emit("config.yaml", out / "config.yaml")
-    metrics = {"summary": result.summary(), "params": result.params, "history": [m.as_dict() for m in result.history]}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    emit("metrics.json", out / "metrics.json")
-    if config.train.save_model:
-        torch.save(
-            {"state_dict": model.state_dict(), "config": config.to_dict(), "classes": list(result.classes)},
-            out / "model.pt",
-        )
-        emit("model.pt", out / "model.pt")
-    emit(
-        "plots/lr_schedule.png",
-        plots.plot_lr_schedule(
-            result.lrs, out / "plots" / "lr_schedule.png", steps_per_epoch=result.steps_per_epoch, momenta=momenta
-        ),
-    )
-    if result.history:
-        emit("plots/curves.png", plots.plot_curves(result.history, out / "plots" / "curves.png"))
-    if test_predictions is not None:
-        images, true, pred = misclassified(test, test_predictions, count=25)
-        emit(
-            "plots/misclassified.png",
-            plots.plot_misclassified(images, true, pred, result.classes, out / "plots" / "misclassified.png"),
-        )
-    return written
-
-
-def misclassified(
-    test: _DeviceSet, predictions: torch.Tensor, *, count: int = 25
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Up to ``count`` misclassified test images, taken round-robin over the true classes so every class shows:
-    (uint8 (k, H, W, 3), true (k,), predicted (k,))."""
-    wrong = torch.nonzero(predictions != test.labels).flatten().cpu().numpy()
-    labels = test.labels.cpu().numpy()[wrong]
-    rank = np.zeros(len(wrong), dtype=np.int64)  # position of each mistake among those of its true class
-    for c in np.unique(labels):
-        rank[labels == c] = np.arange(int((labels == c).sum()))
-    wrong = torch.from_numpy(wrong[np.lexsort((labels, rank))][:count]).to(test.labels.device)
-    images = test.images[wrong].permute(0, 2, 3, 1).cpu().numpy()
-    return images, test.labels[wrong].cpu().numpy(), predictions[wrong].cpu().numpy()

@@ -46,17 +46,33 @@ def main() -> int:
     if exp is None:
         sys.exit(f"no experiment {args.study!r} at {args.tracking_uri}")
     runs = client.search_runs(
-        [exp.experiment_id], "tags.`sweeper.role` = 'trial' and tags.`sweeper.state` = 'complete'",
-        order_by=["metrics.val_accuracy DESC"], max_results=1,
+        [exp.experiment_id],
+        "tags.`sweeper.role` = 'trial' and tags.`sweeper.state` = 'complete'",
+        order_by=["metrics.val_accuracy DESC"],
+        max_results=1,
     )
     if not runs:
         sys.exit(f"no complete trial in {args.study!r}")
     run = runs[0]
     port = free_port()
     ui = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri,
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            args.tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -70,11 +86,26 @@ def main() -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as profile:
             subprocess.run(
-                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", "--hide-scrollbars", f"--window-size={args.size}",
-                 f"--virtual-time-budget={RENDER_MS}", f"--screenshot={args.out.absolute()}", url],
-                check=True, capture_output=True, timeout=120,
+                [
+                    chromium,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    f"--user-data-dir={profile}",
+                    "--hide-scrollbars",
+                    f"--window-size={args.size}",
+                    f"--virtual-time-budget={RENDER_MS}",
+                    f"--screenshot={args.out.absolute()}",
+                    url,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=120,
             )
         print(f"wrote {args.out} ({url})")
     finally:

@@ -39,10 +39,15 @@ def resolve_config(
 ) -> Config:
     """Base (file, or ``base``, or the recipe) <- ``extra`` (e.g. from --data) <- ``--set`` tokens, in that order."""
     config = Config.load(config_file) if config_file is not None else (base or Config())
+    overrides = collect_overrides(tokens, extra=extra)
+    return config.with_overrides(overrides) if overrides else config
+
+
+def collect_overrides(tokens: Iterable[str], *, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``extra`` (e.g. from --data) <- the ``--set`` tokens, plus this machine's settings where not given."""
     overrides: dict[str, Any] = dict(extra or {})
     overrides.update(parse_overrides(tokens))
-    overrides = {**machine_overrides(overrides), **overrides}
-    return config.with_overrides(overrides) if overrides else config
+    return {**machine_overrides(overrides), **overrides}
 
 
 def machine_overrides(explicit: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,3 +55,14 @@ def machine_overrides(explicit: Mapping[str, Any]) -> dict[str, Any]:
     if "data.cache_dir" not in explicit and os.environ.get(CACHE_ENV):
         return {"data.cache_dir": os.environ[CACHE_ENV]}
     return {}
+
+
+def positive_int(text: str, *, name: str, expected: str) -> int:
+    """``text`` as a whole number >= 1; else UserError "<name> must be <expected>, got ..." (or ">= 1")."""
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise UserError(f"{name} must be {expected}, got {text!r}") from err
+    if value < 1:
+        raise UserError(f"{name} must be >= 1, got {value}")
+    return value

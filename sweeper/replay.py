@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,8 +11,13 @@ from typing import Any
 from pipelines.callbacks import Callback
 from pipelines.config import Config
 from pipelines.data import load_splits
+from pipelines.errors import one_line
 from pipelines.train import ModelCache, Result, check_trainable, run
+from sweeper import outcome
+from sweeper.outcome import Outcome
+from sweeper.overrides import resolve_config
 from sweeper.space import optim_params
+from sweeper.study import best_trial, load_study
 from sweeper.tracking import Tracker
 
 
@@ -25,6 +30,11 @@ class ReplaySource:
     trial_number: int | None = None
     trial_run_id: str | None = None
     parent_run_id: str | None = None
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment the replay runs go to: the study's, else "replay"."""
+        return self.study or "replay"
 
 
 @dataclass(frozen=True)
@@ -49,9 +59,36 @@ class ReplayResult:
             "seeds": len(self.accuracies),
             "runs": [
                 {"mlflow_run_id": rid, "out_dir": str(r.out_dir), "status": r.status, "test_accuracy": r.test_accuracy}
-                for rid, r in zip(self.run_ids, self.results)
+                for rid, r in zip(self.run_ids, self.results, strict=True)
             ],
         }
+
+
+def replay_source(
+    *,
+    study: str | None = None,
+    trial: int | None = None,
+    config_file: Path | None = None,
+    storage: str | None = None,
+    tokens: Iterable[str] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[Config, ReplaySource]:
+    """The config to replay and where it came from: trial ``trial`` (default: the best) of ``study``, or a YAML
+    file; ``extra`` and then the ``key=value`` ``tokens`` override it."""
+    if study is not None:
+        st = load_study(storage, study)
+        chosen = best_trial(st, trial)
+        base = Config.from_yaml(chosen.user_attrs["config"], source=f"trial {chosen.number} of {study}")
+        source = ReplaySource(
+            label=f"{study}-trial-{chosen.number}",
+            study=study,
+            trial_number=chosen.number,
+            trial_run_id=chosen.user_attrs.get("mlflow_run_id"),
+            parent_run_id=st.user_attrs.get("mlflow_parent_run_id"),
+        )
+        return resolve_config(None, tokens, extra=extra, base=base), source
+    assert config_file is not None, "replay_source needs a study or a config file"
+    return resolve_config(config_file, tokens, extra=extra), ReplaySource(label=config_file.stem)
 
 
 def replay_config(config: Config, *, seed: int, out_dir: Path) -> Config:
@@ -88,7 +125,7 @@ def replay(
         params = {**optim_params(cfg), "seed": seed}
         tracked = tracker.trial_run(
             source.parent_run_id or "",
-            study=source.study or "replay",
+            study=source.experiment,
             number=source.trial_number if source.trial_number is not None else -1,
             params=params,
             tags=tags,
@@ -100,13 +137,12 @@ def replay(
         try:
             result = run(cfg, callbacks=callbacks, models=models, splits=splits)
         except KeyboardInterrupt:
-            tracked.finish("interrupted", reason="interrupted")
+            tracked.finish(Outcome.INTERRUPTED, reason=Outcome.INTERRUPTED.value)
             raise
         except Exception as err:
-            tracked.finish("failed", reason=f"{type(err).__name__}: {err}")
+            tracked.finish(Outcome.FAILED, reason=one_line(err, with_type=True))
             raise
-        state = "complete" if result.status == "complete" else ("diverged" if result.status == "diverged" else "failed")
-        tracked.finish(state, reason=result.reason, trial_seconds=result.total_seconds)
+        tracked.finish(outcome.of_result(result), reason=result.reason, trial_seconds=result.total_seconds)
         results.append(result)
         run_ids.append(tracked.run_id)
         if result.test_accuracy is not None:

@@ -29,7 +29,7 @@ import optuna
 import yaml
 
 from pipelines.config import Config, config_keys, load_yaml
-from pipelines.errors import UserError
+from pipelines.errors import UserError, one_line
 
 ALIASES = {"lr": "optim.lr", "momentum": "optim.momentum", "weight_decay": "optim.weight_decay"}
 EFFECTIVE_DECAY = "effective_decay"
@@ -85,7 +85,7 @@ class Param:
             return list(self.choices)
         assert self.low is not None and self.high is not None
         if self.step is not None:  # on the step lattice, as Optuna's distributions require
-            count = int(round((self.high - self.low) / self.step)) + 1
+            count = round((self.high - self.low) / self.step) + 1
             picks = sorted({round(i * (count - 1) / (GRID_POINTS - 1)) for i in range(GRID_POINTS)})
             values = [round(self.low + k * self.step, 12) for k in picks]
             return [int(v) for v in values] if self.type == "int" else values
@@ -142,6 +142,16 @@ class Space:
     def grid(self) -> dict[str, list[Any]]:
         return {p.name: p.grid() for p in self.params}
 
+    def lr_finder_point(self, lr: float, base: Config) -> dict[str, float]:
+        """The space's parameters at an LR-finder suggestion: ``lr`` with the config's momentum and weight decay
+        (effective_decay derived from the three); other parameters are left to the sampler."""
+        optim = base.optim
+        at = {"optim.lr": lr, "optim.momentum": optim.momentum, "optim.weight_decay": optim.weight_decay}
+        point = {p.name: at[p.key] for p in self.params if p.key in at}
+        if EFFECTIVE_DECAY in self.names:
+            point[EFFECTIVE_DECAY] = effective_decay(lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+        return point
+
     def check_against(self, base: Config) -> None:
         """Fail early (before any trial) on ranges the config rejects, or an LR that cannot be derived."""
         for p in self.params:
@@ -153,9 +163,9 @@ class Space:
                 except UserError as err:
                     raise UserError(f"space {self.source}: {p.name} = {value!r} is invalid: {err}") from err
         names = set(self.names)
-        if EFFECTIVE_DECAY in names and "weight_decay" not in names and "optim.weight_decay" not in names:
-            if base.optim.weight_decay <= 0:
-                raise UserError("space: effective_decay needs weight_decay > 0 (sample it or set optim.weight_decay)")
+        searches_decay = "weight_decay" in names or "optim.weight_decay" in names
+        if EFFECTIVE_DECAY in names and not searches_decay and base.optim.weight_decay <= 0:
+            raise UserError("space: effective_decay needs weight_decay > 0 (sample it or set optim.weight_decay)")
 
 
 def lr_from_effective_decay(effective_decay: float, *, momentum: float, weight_decay: float) -> float:
@@ -200,7 +210,7 @@ def space_from_yaml(text: str, *, source: str) -> Space:
     try:
         raw = load_yaml(text)
     except yaml.YAMLError as err:
-        raise UserError(f"space {source} is not valid YAML: {' '.join(str(err).split())}") from err
+        raise UserError(f"space {source} is not valid YAML: {one_line(err)}") from err
     return parse_space(raw, source=source)
 
 
@@ -213,7 +223,9 @@ def parse_space(raw: Any, *, source: str) -> Space:
         where = f"space {source}: {name}"
         key = ALIASES.get(name, name)
         if name != EFFECTIVE_DECAY and key not in known:
-            raise UserError(f"{where}: unknown config key (use lr, momentum, weight_decay, effective_decay or a dotted key)")
+            raise UserError(
+                f"{where}: unknown config key (use lr, momentum, weight_decay, effective_decay or a dotted key)"
+            )
         if not isinstance(spec, Mapping):
             raise UserError(f"{where}: spec must be a mapping like {{type: float, low: 0.1, high: 1.0}}")
         unknown = set(spec) - {"type", "low", "high", "log", "step", "choices"}

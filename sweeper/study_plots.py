@@ -10,23 +10,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+import matplotlib.pyplot as plt
+import optuna
+from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
 
 
 def write_study_plots(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
-    """optimization_history.png, param_importances.png (>= 2 complete trials, >= 2 varying params), and
-    accuracy_vs_params.png (objective over effective_decay, rho, alpha ... one panel each)."""
+    """optimization_history.png, accuracy_vs_params.png (the objective over each searched parameter, one panel
+    each) and, from 2 complete trials on, param_importances.png; a plot Optuna cannot draw is skipped."""
     from optuna.visualization import matplotlib as ovm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     written: dict[str, Path] = {}
     plots = {"optimization_history.png": ovm.plot_optimization_history, "accuracy_vs_params.png": ovm.plot_slice}
-    if len(complete) >= 2 and len({k for t in complete for k in t.params}) >= 1:
+    if len(complete) >= 2 and any(t.params for t in complete):
         plots["param_importances.png"] = ovm.plot_param_importances
     for name, draw in plots.items():
         with warnings.catch_warnings():

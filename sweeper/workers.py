@@ -1,22 +1,34 @@
-"""Many workers on one study: one process per GPU (or N on the CPU), all on a shared RDB storage.
+"""Many workers on one study: processes on this machine (one per GPU, or N on the CPU) on a shared RDB storage.
 
 The engine is Optuna's: every worker runs `sweeper study run NAME` against the same storage, and Optuna's
 RDB storage hands out trial numbers and waiting trials atomically. There is no scheduler of our own; this
-module only starts the processes (CUDA_VISIBLE_DEVICES each) and reads the storage for one combined view.
+module plans the workers (trials and GPU each), starts them with their own CUDA_VISIBLE_DEVICES and log file,
+waits for them while a caller-supplied ``refresh`` shows progress, and stops them on the way out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.errors import UserError
-from sweeper.study import is_sqlite, resolve_storage_url
+from sweeper.overrides import positive_int
+from sweeper.storage import resolve_storage_url
+from sweeper.study import StudyOptions
+from sweeper.urls import is_sqlite
+
+log = logging.getLogger(__name__)
+
+STOP_SECONDS = 30.0  # after SIGINT, how long workers get to record their trials before SIGKILL
+POLL_SECONDS = 1.0  # how often the parent refreshes its view while workers run
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,24 @@ class WorkerPlan:
     index: int
     gpu: str | None  # CUDA_VISIBLE_DEVICES for this worker, None on the CPU
     n_trials: int
+
+
+@dataclass(frozen=True)
+class WorkersResult:
+    plan: tuple[WorkerPlan, ...]
+    returncodes: tuple[int, ...]
+    log_dir: Path
+
+    @property
+    def failed(self) -> list[tuple[int, int]]:
+        """(worker index, exit code) of each worker that did not exit 0."""
+        return [(p.index, rc) for p, rc in zip(self.plan, self.returncodes, strict=True) if rc != 0]
+
+    def check(self) -> None:
+        """Raise UserError naming the workers that failed and where their logs are."""
+        if self.failed:
+            failed = ", ".join(f"#{i} (exit {rc})" for i, rc in self.failed)
+            raise UserError(f"worker(s) {failed} failed; see {self.log_dir}/worker-N.log")
 
 
 def visible_gpus() -> list[str]:
@@ -53,12 +83,7 @@ def plan_workers(*, workers: str | None, gpus: str | None, n_trials: int, storag
         if workers in (None, "auto"):
             count = max(1, len(visible))
         else:
-            try:
-                count = int(workers)
-            except ValueError as err:
-                raise UserError(f"--workers must be a number or auto, got {workers!r}") from err
-            if count < 1:
-                raise UserError(f"--workers must be >= 1, got {count}")
+            count = positive_int(workers, name="--workers", expected="a number or auto")
         devices = [visible[i % len(visible)] for i in range(count)] if visible else [None] * count
     if count > 1 and is_sqlite(resolve_storage_url(storage)):
         raise UserError(
@@ -69,6 +94,21 @@ def plan_workers(*, workers: str | None, gpus: str | None, n_trials: int, storag
         raise UserError(f"--n-trials ({n_trials}) must be at least the number of workers ({count})")
     share, extra = divmod(n_trials, count)
     return [WorkerPlan(i, devices[i], share + (1 if i < extra else 0)) for i in range(count)]
+
+
+def needs_processes(plan: list[WorkerPlan] | None, *, gpus: str | None) -> bool:
+    """Whether the plan runs in child processes (several workers, or GPUs named), not in this process."""
+    return plan is not None and (len(plan) > 1 or bool(gpus))
+
+
+def worker_args(opts: StudyOptions, plan: WorkerPlan, *, timeout: float | None) -> list[str]:
+    """The `study run` options that make a worker run the parent's study as the parent resolved it."""
+    args = ["--sampler", str(opts.sampler), "--pruner", str(opts.pruner), "--objective", str(opts.objective)]
+    if opts.seed is not None:
+        args += ["--seed", str(opts.seed + plan.index)]  # distinct seeds: workers must not sample alike
+    if timeout is not None:
+        args += ["--timeout", str(timeout)]
+    return args
 
 
 def start_worker(
@@ -93,12 +133,55 @@ def start_worker(
     cmd = [
         sys.executable, "-m", "sweeper", "study", "run", study,
         "--n-trials", str(plan.n_trials), "--runs-dir", str(runs_dir), "--json", *extra_args,
+    ]  # fmt: skip
+    with open(log_dir / f"worker-{plan.index}.log", "ab") as log_file:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def workers_log_dir(opts: StudyOptions) -> Path:
+    """Where worker N writes worker-N.log."""
+    return Path(opts.runs_dir) / opts.name / "logs"
+
+
+def run_workers(
+    opts: StudyOptions,
+    plan: list[WorkerPlan],
+    *,
+    timeout: float | None,
+    refresh: Callable[[], None],
+) -> WorkersResult:
+    """Start one `study run` process per planned worker on the shared storage and wait for all of them, calling
+    ``refresh`` every POLL_SECONDS (its errors are logged, never fatal) and once at the end. On the way out
+    (Ctrl-C too) live workers are stopped."""
+    runs_dir = Path(opts.runs_dir)
+    log_dir = workers_log_dir(opts)
+    procs = [
+        start_worker(
+            p,
+            study=opts.name,
+            storage=opts.storage,
+            tracking_uri=opts.tracking_uri,
+            runs_dir=runs_dir,
+            extra_args=worker_args(opts, p, timeout=timeout),
+            log_dir=log_dir,
+        )
+        for p in plan
     ]
-    with open(log_dir / f"worker-{plan.index}.log", "ab") as log:  # the child keeps its own descriptor
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while any(proc.poll() is None for proc in procs):
+            _refresh(refresh)
+            time.sleep(POLL_SECONDS)
+        _refresh(refresh)
+    finally:
+        stop_workers(procs)  # no-op when all have exited; else SIGINT, then SIGKILL after a deadline
+    return WorkersResult(tuple(plan), tuple(proc.returncode for proc in procs), log_dir)
 
 
-STOP_SECONDS = 30.0  # after SIGINT, how long workers get to record their trials before SIGKILL
+def _refresh(refresh: Callable[[], None]) -> None:
+    try:
+        refresh()
+    except Exception as err:  # noqa: BLE001 - the view must not take the workers down with it
+        log.warning("could not refresh the table: %s", err)
 
 
 def stop_workers(procs: list[subprocess.Popen], *, grace: float = STOP_SECONDS) -> None:
@@ -117,7 +200,5 @@ def stop_workers(procs: list[subprocess.Popen], *, grace: float = STOP_SECONDS) 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # it exited in between
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass

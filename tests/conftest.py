@@ -39,7 +39,7 @@ def write_image_folder(root: Path, *, n_train: int = 60, n_test: int = 30, class
     """Write ``root/train/<class>/i.png`` and ``root/test/<class>/i.png``; returns root."""
     for split, n, split_seed in (("train", n_train, seed), ("test", n_test, seed + 1)):
         images, labels = synthetic_images(n, classes=len(classes), seed=split_seed)
-        for i, (image, label) in enumerate(zip(images, labels)):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             folder = root / split / classes[label]
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / f"{i:05d}.png")
@@ -147,6 +147,7 @@ class MlflowServer:
         self.proc = None
 
     def start(self, timeout: float = 90.0) -> None:
+        import os
         import subprocess
         import sys
         import time
@@ -156,16 +157,16 @@ class MlflowServer:
         log = open(self.root / "mlflow-server.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "mlflow", "server",
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                "--backend-store-uri", self.backend,
-                "--artifacts-destination", str(self.root / "artifacts"),
-                "--serve-artifacts",
+                sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+                str(self.port), "--workers", "1", "--backend-store-uri", self.backend,
+                "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-        )
+            # no job-runner consumers: each would hold its own connections to the backend database
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

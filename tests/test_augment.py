@@ -7,8 +7,6 @@ is 0 only inside a hole). Both sides use fixed seeds, so the tolerances are not 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -64,8 +62,11 @@ def decode_recipe(out: np.ndarray) -> dict[str, np.ndarray]:
     row_hits = np.stack(
         [((rows == reflect101(oy - 4 + ar, 32)[None, :, None]) | hole).all(axis=(1, 2)) for oy in range(9)], axis=1
     )
-    col_maps = [(ox, flip, reflect101(ox - 4 + ar, 32)[::-1] if flip else reflect101(ox - 4 + ar, 32))
-                for flip in (False, True) for ox in range(9)]
+    col_maps = [
+        (ox, flip, reflect101(ox - 4 + ar, 32)[::-1] if flip else reflect101(ox - 4 + ar, 32))
+        for flip in (False, True)
+        for ox in range(9)
+    ]
     col_hits = np.stack([((cols == m[None, None, :]) | hole).all(axis=(1, 2)) for _, _, m in col_maps], axis=1)
     assert (row_hits.sum(1) == 1).all(), "every output must match exactly one vertical offset"
     assert (col_hits.sum(1) == 1).all(), "every output must match exactly one horizontal offset and flip"
@@ -181,8 +182,16 @@ def test_coarse_dropout_distribution_matches(dropout):
 
 @pytest.mark.parametrize("fill", ["random", "random_uniform"])
 def test_random_fills_match(fill):
-    ops = [{"name": "CoarseDropout", "num_holes_range": (1, 2), "hole_height_range": (6, 6),
-            "hole_width_range": (6, 6), "fill": fill, "p": 1.0}]
+    ops = [
+        {
+            "name": "CoarseDropout",
+            "num_holes_range": (1, 2),
+            "hole_height_range": (6, 6),
+            "hole_width_range": (6, 6),
+            "fill": fill,
+            "p": 1.0,
+        }
+    ]
     image = np.full((16, 16, 3), 7, np.uint8)  # dropped pixels: any channel changed
     for out in (run_albumentations(ops, image, 3000), run_batched(ops, image, 3000)):
         dropped = (out != 7).any(axis=1)  # (n, h, w); a random value of exactly 7 in all channels is ~6e-8
@@ -190,8 +199,10 @@ def test_random_fills_match(fill):
         assert abs(values.mean() - 127.5) < 3 and values.min() < 5 and values.max() > 250
         if fill == "random_uniform":  # single-hole images are one colour
             one_hole = dropped.sum(axis=(1, 2)) == 36
-            colours = [len(np.unique(img.transpose(1, 2, 0)[m], axis=0)) for img, m in
-                       zip(out[one_hole][:50], dropped[one_hole][:50])]
+            colours = [
+                len(np.unique(img.transpose(1, 2, 0)[m], axis=0))
+                for img, m in zip(out[one_hole][:50], dropped[one_hole][:50], strict=True)
+            ]
             assert set(colours) == {1}
 
 
@@ -237,7 +248,11 @@ def test_reflect_pad_then_center_is_the_image():
 @pytest.mark.parametrize("border_mode", [0, 1, 2, 3, 4])
 @pytest.mark.parametrize(
     "size",
-    [dict(min_height=40, min_width=40), dict(min_height=37, min_width=44), dict(min_height=20, min_width=19)],
+    [
+        {"min_height": 40, "min_width": 40},
+        {"min_height": 37, "min_width": 44},
+        {"min_height": 20, "min_width": 19},
+    ],
     ids=["even", "odd", "multi-reflection"],
 )
 def test_pad_if_needed_exact(border_mode, size):
@@ -249,10 +264,24 @@ def test_pad_if_needed_exact(border_mode, size):
 @pytest.mark.parametrize("position", ["top_left", "top_right", "bottom_left", "bottom_right"])
 def test_pad_positions_divisors_and_fills_exact(position):
     image = np.random.default_rng(2).integers(0, 256, (30, 27, 3), dtype=np.uint8)
-    _exact([{"name": "PadIfNeeded", "min_height": 36, "min_width": 33, "position": position, "fill": [10, 200, 30]}],
-           image)
-    _exact([{"name": "PadIfNeeded", "min_height": None, "min_width": None, "pad_height_divisor": 16,
-             "pad_width_divisor": 8, "border_mode": 0, "fill": 127.5, "position": position}], image)
+    _exact(
+        [{"name": "PadIfNeeded", "min_height": 36, "min_width": 33, "position": position, "fill": [10, 200, 30]}], image
+    )
+    _exact(
+        [
+            {
+                "name": "PadIfNeeded",
+                "min_height": None,
+                "min_width": None,
+                "pad_height_divisor": 16,
+                "pad_width_divisor": 8,
+                "border_mode": 0,
+                "fill": 127.5,
+                "position": position,
+            }
+        ],
+        image,
+    )
 
 
 def test_chained_pads_flips_and_full_holes_exact():
@@ -269,8 +298,15 @@ def test_chained_pads_flips_and_full_holes_exact():
         {"name": "HorizontalFlip", "p": 0.0},
     ]
     _exact(ops, image)
-    _exact(ops + [{"name": "CoarseDropout", "num_holes_range": (1, 1), "hole_height_range": (24, 24),
-                   "hole_width_range": (26, 26), "fill": (5, 6, 7.9), "p": 1.0}], image)
+    hole = {
+        "name": "CoarseDropout",
+        "num_holes_range": (1, 1),
+        "hole_height_range": (24, 24),
+        "hole_width_range": (26, 26),
+        "fill": (5, 6, 7.9),
+        "p": 1.0,
+    }
+    _exact([*ops, hole], image)
     _exact([{"name": "RandomCrop", "height": 40, "width": 36, "pad_if_needed": True, "border_mode": 1}], image)
 
 
@@ -306,7 +342,7 @@ def test_shapes_dtypes_layouts_and_seeds():
 
 def test_large_batch_gather_path_agrees(monkeypatch):
     """Whole-epoch batches gather rows then columns (no per-pixel int64 index): same result as the flat gather."""
-    import pipelines.augment as augment
+    from pipelines.augment import batched
 
     ops = [
         {"name": "PadIfNeeded", "min_height": 38, "min_width": 36, "border_mode": 0, "fill": 3, "position": "random"},
@@ -316,7 +352,7 @@ def test_large_batch_gather_path_agrees(monkeypatch):
     batch = BatchAugment.from_ops(ops)
     images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
     flat = batch(images, generator=torch.Generator().manual_seed(1))
-    monkeypatch.setattr(augment, "_FLAT_INDEX_LIMIT", 0)
+    monkeypatch.setattr(batched, "_FLAT_INDEX_LIMIT", 0)
     split = batch(images, generator=torch.Generator().manual_seed(1))
     last = batch(images.contiguous(memory_format=torch.channels_last), generator=torch.Generator().manual_seed(1))
     assert torch.equal(flat, split) and torch.equal(flat, last)
@@ -374,17 +410,3 @@ def test_cuda_matches_cpu_contract():
 def run_batched_on(batch: BatchAugment, image: np.ndarray, n: int, device: str) -> np.ndarray:
     images = torch.from_numpy(image).permute(2, 0, 1)[None].expand(n, -1, -1, -1).contiguous().to(device)
     return batch(images, generator=torch.Generator(device=device).manual_seed(0)).cpu().numpy()
-
-
-def test_timing_cpu_batch(capsys):
-    batch = BatchAugment.from_ops(RECIPE)
-    images = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8)
-    generator = torch.Generator().manual_seed(0)
-    batch(images, generator=generator)  # warm up
-    repeats = 20
-    start = time.perf_counter()
-    for _ in range(repeats):
-        batch(images, generator=generator)
-    per_batch = (time.perf_counter() - start) / repeats
-    with capsys.disabled():
-        print(f"\nBatchAugment recipe, (512, 3, 32, 32) uint8 on CPU: {per_batch * 1e3:.2f} ms per batch")

@@ -9,18 +9,26 @@ import tarfile
 import time
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 from urllib.error import URLError
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import data
-from pipelines.config import DataConfig
-from pipelines.data import ImageSet, Splits, balanced_subset, load_source, load_splits
-from pipelines.errors import UserError
-
 from conftest import CLASSES, synthetic_images, write_image_folder
+from pipelines.config import DataConfig
+from pipelines.data import (
+    ImageSet,
+    Splits,
+    SplitsCache,
+    balanced_subset,
+    image_folder,
+    load_source,
+    load_splits,
+    sources,
+)
+from pipelines.errors import UserError
 
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -67,7 +75,7 @@ def fake_cifar_batches(folder: Path, *, per_batch: int = 4, n_test: int = 6, see
     meta = {b"num_cases_per_batch": per_batch, b"label_names": [c.encode() for c in CIFAR_CLASSES], b"num_vis": 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     train_rows = np.concatenate([rows[f"data_batch_{i}"] for i in range(1, 6)])
-    train_labels = sum((labels[f"data_batch_{i}"] for i in range(1, 6)), [])
+    train_labels = [label for i in range(1, 6) for label in labels[f"data_batch_{i}"]]
     return {
         "train_rows": train_rows,
         "train_labels": np.array(train_labels),
@@ -156,7 +164,7 @@ def test_hidden_and_non_image_files_are_ignored(tmp_path: Path, cache_dir: Path)
 
 def test_progress_reports_images_decoded_up_to_the_total(tmp_path: Path, cache_dir: Path, monkeypatch):
     folder = small_folder(tmp_path)
-    monkeypatch.setattr(data, "PROGRESS_EVERY", 5)
+    monkeypatch.setattr(image_folder, "PROGRESS_EVERY", 5)
     calls: list[tuple[int, int]] = []
 
     load_source(str(folder), cache_dir=cache_dir, progress=lambda done, total: calls.append((done, total)))
@@ -204,7 +212,7 @@ def test_cifar10_loads_through_torchvision_when_already_downloaded(cache_dir: Pa
     seen = []
 
     class Downloaded:
-        classes = list(CIFAR_CLASSES)
+        classes: ClassVar[list[str]] = list(CIFAR_CLASSES)  # torchvision's attribute is a list
 
         def __init__(self, root, train, download):
             seen.append((root, train, download))
@@ -250,8 +258,8 @@ def test_second_load_comes_from_the_cache_without_decoding(tmp_path: Path, cache
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(data, "_decode_image", no_decoding)
-    monkeypatch.setattr(data, "_open_tree", no_decoding)
+    monkeypatch.setattr(image_folder, "_decode_image", no_decoding)
+    monkeypatch.setattr(sources, "open_tree", no_decoding)
     second = load_source(str(archive), cache_dir=cache_dir)
 
     assert second[2] == first[2]
@@ -488,3 +496,13 @@ def test_shared_cifar10_jpeg_archive_loads_and_reloads_from_the_cache_fast(tmp_p
     np.testing.assert_allclose(mean, (0.4913, 0.4821, 0.4465), atol=0.005)
     assert reload_s < 2.0
     assert_same_sets(first.train, second.train)
+
+
+def test_splits_cache_reuses_the_splits_of_an_equal_config_and_reloads_for_another(tmp_path: Path, cache_dir: Path):
+    folder = small_folder(tmp_path)
+    cache = SplitsCache()
+    cfg = DataConfig(path=str(folder), cache_dir=str(cache_dir), val_size=6)
+    first = cache.get(cfg)
+    assert cache.get(DataConfig(path=str(folder), cache_dir=str(cache_dir), val_size=6)) is first
+    other = cache.get(DataConfig(path=str(folder), cache_dir=str(cache_dir), val_size=0))
+    assert other is not first and other.val is None and len(other.train) == len(first.train) + 6

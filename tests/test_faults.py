@@ -14,12 +14,11 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import MlflowServer, free_port, write_image_folder
 from sweeper.cli import app
-from sweeper.tracking import absolute_sqlite
+from sweeper.urls import absolute_sqlite
 
 TINY = ["model.width=0.125", "train.batch_size=32", "data.val_size=60", "train.device=cpu"]
 
@@ -27,7 +26,10 @@ TINY = ["model.width=0.125", "train.batch_size=32", "data.val_size=60", "train.d
 def sweeper_proc(*args: object, log: Path, env: dict | None = None) -> subprocess.Popen:
     full_env = {**os.environ, "SWEEPER_HEARTBEAT_SECONDS": "1", "SWEEPER_GRACE_SECONDS": "4", **(env or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "sweeper", *map(str, args)], env=full_env, stdout=open(log, "ab"), stderr=subprocess.STDOUT
+        [sys.executable, "-m", "sweeper", *map(str, args)],
+        env=full_env,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -45,23 +47,29 @@ def running_trial_with_epoch(storage: str, name: str) -> bool:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return False
-    return any(t.state == TrialState.RUNNING and t.intermediate_values and "mlflow_run_id" in t.user_attrs
-               for t in study.trials)
+    return any(
+        t.state == TrialState.RUNNING and t.intermediate_values and "mlflow_run_id" in t.user_attrs
+        for t in study.trials
+    )
 
 
 @pytest.mark.slow
 def test_killed_worker_trial_is_failed_retried_and_its_run_ended(image_folder, mlflow_server, pg_url, tmp_path):
     common = ["--storage", pg_url, "--tracking-uri", mlflow_server.uri]
-    victim = sweeper_proc("study", "run", "killed", "--data", image_folder, "--n-trials", 1, "--pruner", "none",
-                          *common, "--set", *TINY, "train.epochs=40", log=tmp_path / "victim.log")
+    victim = sweeper_proc(
+        "study", "run", "killed", "--data", image_folder, "--n-trials", 1, "--pruner", "none", *common,
+        "--set", *TINY, "train.epochs=40",
+        log=tmp_path / "victim.log",
+    )  # fmt: skip
     wait_for(lambda: running_trial_with_epoch(pg_url, "killed"), 120, "the victim's trial to report an epoch")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     dead = optuna.load_study(study_name="killed", storage=pg_url).trials[0]
     assert dead.state == TrialState.RUNNING  # nobody told the storage: only the heartbeat can notice
     time.sleep(5)  # past the 4 s grace period
-    survivor = sweeper_proc("study", "run", "killed", "--n-trials", 1, *common, "--set", "train.epochs=2",
-                            log=tmp_path / "survivor.log")
+    survivor = sweeper_proc(
+        "study", "run", "killed", "--n-trials", 1, *common, "--set", "train.epochs=2", log=tmp_path / "survivor.log"
+    )
     assert survivor.wait(timeout=180) == 0, (tmp_path / "survivor.log").read_text()[-3000:]
     trials = optuna.load_study(study_name="killed", storage=pg_url).trials
     assert trials[0].state == TrialState.FAIL
@@ -78,8 +86,11 @@ def test_ctrl_c_records_the_trial_as_interrupted_and_exits_130(image_folder, tmp
     storage = f"sqlite:///{tmp_path / 'sweeper.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["--storage", storage, "--tracking-uri", tracking]
-    proc = sweeper_proc("study", "run", "ctrlc", "--data", image_folder, "--n-trials", 2, *common,
-                        "--set", *TINY, "train.epochs=60", log=tmp_path / "run.log")
+    proc = sweeper_proc(
+        "study", "run", "ctrlc", "--data", image_folder, "--n-trials", 2, *common, "--set", *TINY,
+        "train.epochs=60",
+        log=tmp_path / "run.log",
+    )  # fmt: skip
     wait_for(lambda: running_trial_with_epoch(storage, "ctrlc"), 120, "a running trial")
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -90,8 +101,9 @@ def test_ctrl_c_records_the_trial_as_interrupted_and_exits_130(image_folder, tmp
     run = MlflowClient(tracking).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["sweeper.state"] == "interrupted"
     # a later run resumes the study
-    again = sweeper_proc("study", "run", "ctrlc", "--n-trials", 1, *common, "--set", "train.epochs=1",
-                         log=tmp_path / "again.log")
+    again = sweeper_proc(
+        "study", "run", "ctrlc", "--n-trials", 1, *common, "--set", "train.epochs=1", log=tmp_path / "again.log"
+    )
     assert again.wait(timeout=120) == 0, (tmp_path / "again.log").read_text()[-2000:]
     states = [t.state for t in optuna.load_study(study_name="ctrlc", storage=storage).trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
@@ -102,15 +114,17 @@ def test_diverging_trial_is_pruned_as_diverged_and_the_study_goes_on(image_folde
     space.write_text("params:\n  lr: {type: categorical, choices: [1000000.0, 0.1]}\n")
     result = CliRunner().invoke(
         app,
-        ["study", "run", "div", "--data", str(image_folder), "--space", str(space), "--sampler", "grid",
-         "--n-trials", "2", "--pruner", "none", "--json", "--set", *TINY, "train.epochs=2"],
-    )
+        [
+            "study", "run", "div", "--data", str(image_folder), "--space", str(space), "--sampler",
+            "grid", "--n-trials", "2", "--pruner", "none", "--json", "--set", *TINY, "train.epochs=2",
+        ],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     trials = {t["params"]["lr"]: t for t in json.loads(result.stdout)["trials"]}
     assert trials[1000000.0]["state"] == "diverged"
     assert trials[0.1]["state"] == "complete"
     study = optuna.load_study(study_name="div", storage="sqlite:///sweeper.db")
-    diverged = [t for t in study.trials if t.params["lr"] == 1000000.0][0]
+    diverged = next(t for t in study.trials if t.params["lr"] == 1000000.0)
     assert diverged.state == TrialState.PRUNED and diverged.user_attrs["reason"] == "diverged"
     run = MlflowClient(absolute_sqlite("sqlite:///mlflow.db")).get_run(diverged.user_attrs["mlflow_run_id"])
     assert run.data.tags["sweeper.state"] == "diverged"
@@ -133,8 +147,11 @@ def test_mlflow_outage_mid_study_is_spooled_and_synced(image_folder, tmp_path):
     try:
         storage = f"sqlite:///{tmp_path / 'sweeper.db'}"
         common = ["--storage", storage, "--tracking-uri", server.uri]
-        proc = sweeper_proc("study", "run", "outage", "--data", image_folder, "--n-trials", 3, "--pruner", "none",
-                            *common, "--set", *TINY, "train.epochs=3", log=tmp_path / "run.log")
+        proc = sweeper_proc(
+            "study", "run", "outage", "--data", image_folder, "--n-trials", 3, "--pruner", "none",
+            *common, "--set", *TINY, "train.epochs=3",
+            log=tmp_path / "run.log",
+        )  # fmt: skip
         wait_for(lambda: running_trial_with_epoch(storage, "outage"), 120, "the first trial")
         server.stop()
         assert proc.wait(timeout=400) == 0, (tmp_path / "run.log").read_text()[-3000:]
@@ -195,16 +212,20 @@ def _bad_inputs(root: Path, good: Path) -> dict[str, tuple[list[str], str]]:
         "log range with 0": ([*data, "--space", str(root / "log-zero.yaml")], "log"),
         "zero epochs": ([*data, "--set", "train.epochs=0"], "train.epochs"),
         "peak after the end": ([*data, "--set", "schedule.peak_epoch=30"], "schedule.peak_epoch"),
-        "batch larger than the training set": ([*data, "--set", "data.val_size=60", "train.batch_size=100000"], "train.batch_size"),
+        "batch larger than the training set": (
+            [*data, "--set", "data.val_size=60", "train.batch_size=100000"],
+            "train.batch_size",
+        ),
         "missing data path": (["--data", str(root / "nowhere")], "nowhere"),
         "corrupt archive": (["--data", str(root / "corrupt.tar.gz")], "corrupt.tar.gz"),
         "image that does not decode": (["--data", str(broken)], ".png"),
         "folder without train and test": (["--data", str(root / "flat")], "train"),
         "different classes": (["--data", str(mismatch)], "cross"),
-        "unknown sampler": ([*data, "--sampler", "annealing"], "annealing"),
-        "unknown pruner": ([*data, "--pruner", "asha"], "asha"),
         "malformed storage url": ([*data, "--storage", "postgres//oops"], "storage"),
-        "unreachable database": ([*data, "--storage", f"postgresql+psycopg2://u:pw@127.0.0.1:{free_port()}/x"], "storage"),
+        "unreachable database": (
+            [*data, "--storage", f"postgresql+psycopg2://u:pw@127.0.0.1:{free_port()}/x"],
+            "storage",
+        ),
     }
 
 
@@ -233,6 +254,33 @@ def test_every_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path, imag
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.parametrize(
+    ("option", "typo", "choices"),
+    [
+        ("--sampler", "annealing", ["tpe", "cmaes", "random", "gp", "grid"]),
+        ("--pruner", "asha", ["median", "hyperband", "none"]),
+        ("--objective", "accuracy", ["val", "test"]),
+    ],
+)
+def test_a_typo_in_a_fixed_choice_is_a_usage_error_that_lists_the_choices(
+    tmp_path, image_folder, option, typo, choices
+):
+    os.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["study", "run", "bad", "--data", str(image_folder), option, typo])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.stderr and typo in result.stderr
+    assert all(f"'{choice}'" in result.stderr for choice in choices)
+    assert "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_help_lists_every_fixed_choice():
+    result = CliRunner().invoke(app, ["study", "run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for listed in ("tpe|cmaes|random|gp|grid", "median|hyperband|none", "val|test"):
+        assert listed in result.stdout
+
+
 # -- secrets -----------------------------------------------------------------------------------------------------
 
 
@@ -241,9 +289,12 @@ def test_no_password_reaches_logs_mlflow_or_config(image_folder, mlflow_server, 
     secret = "s3cretPassw0rd"
     storage = pg_url.replace("postgres@", f"postgres:{secret}@")  # trust auth: any password connects
     log = tmp_path / "run.log"
-    proc = sweeper_proc("study", "run", "secret", "--data", image_folder, "--n-trials", 1, "--storage", storage,
-                        "--tracking-uri", mlflow_server.uri, "--set", *TINY, "train.epochs=1",
-                        log=log, env={"SWEEPER_STORAGE": storage})
+    proc = sweeper_proc(
+        "study", "run", "secret", "--data", image_folder, "--n-trials", 1, "--storage", storage,
+        "--tracking-uri", mlflow_server.uri, "--set", *TINY, "train.epochs=1",
+        log=log,
+        env={"SWEEPER_STORAGE": storage},
+    )  # fmt: skip
     assert proc.wait(timeout=180) == 0, log.read_text()[-2000:]
     assert secret not in log.read_text()
     client = MlflowClient(mlflow_server.uri)

@@ -134,7 +134,7 @@ def test_bad_arguments_are_user_errors(config: Config, splits: Splits, kwargs: d
 
 
 def test_a_batch_larger_than_the_training_set_is_a_user_error(config: Config, splits: Splits) -> None:
-    with pytest.raises(UserError, match="train.batch_size"):
+    with pytest.raises(UserError, match=r"train\.batch_size"):
         lr_range_test(config.with_overrides({"train.batch_size": 1000}), splits=splits)
 
 

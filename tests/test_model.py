@@ -69,7 +69,7 @@ def test_reset_with_the_same_seed_gives_identical_weights() -> None:
     a, b = ResNet9(width=0.125), ResNet9(width=0.125)
     reset_parameters(a, seed=7)
     reset_parameters(b, seed=7)
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), name
 
 

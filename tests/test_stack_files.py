@@ -381,7 +381,7 @@ def test_secrets_have_no_default_and_no_value_in_env_example() -> None:
 def test_missing_secret_stops_compose() -> None:
     env = user_env()
     del env["POSTGRES_PASSWORD"]
-    with pytest.raises(KeyError, match="POSTGRES_PASSWORD: set POSTGRES_PASSWORD in .env"):
+    with pytest.raises(KeyError, match=r"POSTGRES_PASSWORD: set POSTGRES_PASSWORD in \.env"):
         interpolate(load_yaml(COMPOSE_FILE), env)
 
 

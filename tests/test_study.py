@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from sweeper.cli import app
-from sweeper.tracking import absolute_sqlite
+from sweeper.urls import absolute_sqlite
 
 TINY = [
     "model.width=0.125",
@@ -33,9 +33,10 @@ def invoke(*args: str) -> object:
 
 def study_run(name: str, data: Path, storage: str, tracking: str, n: int, *extra: str) -> dict:
     result = invoke(
-        "study", "run", name, "--data", data, "--n-trials", n, "--storage", storage, "--tracking-uri", tracking,
-        "--sampler", "random", "--seed", "0", "--pruner", "none", "--json", "--set", *TINY, *extra,
-    )
+        "study", "run", name, "--data", data, "--n-trials", n, "--storage", storage, "--tracking-uri",
+        tracking, "--sampler", "random", "--seed", "0", "--pruner", "none", "--json", "--set", *TINY,
+        *extra,
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 

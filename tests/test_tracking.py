@@ -1,20 +1,17 @@
-"""The logging queue, its spool, and the storage's reconnecting calls."""
+"""The logging queue and its spool."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import optuna
-import pytest
-import sqlalchemy
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from conftest import free_port
 from sweeper.cli import app
-from sweeper.study import make_storage
-from sweeper.tracking import LogQueue, absolute_sqlite, mask_url, sync_spool
+from sweeper.spool import LogQueue, sync_spool
+from sweeper.urls import absolute_sqlite, mask_url
 
 
 def test_rejected_call_is_dropped_not_spooled(tmp_path):
@@ -53,8 +50,9 @@ def test_sync_leaves_what_it_could_not_send(tmp_path):
     spool = tmp_path / "x" / "spool"
     spool.mkdir(parents=True)
     (spool / "w.jsonl").write_text(json.dumps({"op": "batch", "run_id": "r1", "tags": [["a", "b"]]}) + "\n")
-    result = CliRunner().invoke(app, ["study", "sync", "x", "--runs-dir", str(tmp_path), "--tracking-uri",
-                                      f"http://127.0.0.1:{free_port()}"])
+    result = CliRunner().invoke(
+        app, ["study", "sync", "x", "--runs-dir", str(tmp_path), "--tracking-uri", f"http://127.0.0.1:{free_port()}"]
+    )
     assert result.exit_code == 2 and "reach MLflow" in result.stderr
     assert [p.name for p in spool.iterdir()] == ["w.jsonl"]  # kept for the next sync
 
@@ -63,24 +61,6 @@ def test_masks_passwords_in_urls():
     assert mask_url("postgresql+psycopg2://u:secret@db:5432/x") == "postgresql+psycopg2://u:***@db:5432/x"
     assert mask_url("http://admin:pw@mlflow:5000") == "http://admin:***@mlflow:5000"
     assert mask_url("sqlite:///sweeper.db") == "sqlite:///sweeper.db"
-
-
-def test_storage_calls_retry_once_the_connection_is_cut(pg_url, monkeypatch):
-    storage = make_storage(pg_url, heartbeat=False)
-    study = optuna.create_study(study_name="retry", storage=storage)
-    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
-    real = optuna.storages.RDBStorage._get_trials
-    cuts = {"left": 1}
-
-    def flaky(self, *args, **kwargs):
-        if cuts["left"]:
-            cuts["left"] -= 1
-            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(optuna.storages.RDBStorage, "_get_trials", flaky)
-    fresh = optuna.load_study(study_name="retry", storage=make_storage(pg_url, heartbeat=False))
-    assert len(fresh.trials) == 2 and cuts["left"] == 0
 
 
 def test_study_init_with_bad_data_leaves_nothing(tmp_path):

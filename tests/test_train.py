@@ -92,7 +92,7 @@ class Recorder(Callback):
 
 
 def test_a_run_completes_and_learns_the_shapes(trained: tuple[Config, Result]) -> None:
-    cfg, result = trained
+    _, result = trained
     assert result.status == "complete"
     assert result.reason is None
     assert [m.epoch for m in result.history] == [1, 2, 3]

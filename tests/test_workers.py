@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import optuna
@@ -33,10 +32,12 @@ def sweeper_proc(*args: str, env: dict | None = None, log: Path | None = None) -
 def init(name: str, data: Path, storage: str, tracking: str, *extra: str) -> None:
     result = CliRunner().invoke(
         app,
-        ["study", "init", name, "--data", str(data), "--storage", storage, "--tracking-uri", tracking,
-         "--sampler", "random", "--pruner", "none", "--set", *TINY, *extra],
+        [
+            "study", "init", name, "--data", str(data), "--storage", storage, "--tracking-uri",
+            tracking, "--sampler", "random", "--pruner", "none", "--set", *TINY, *extra,
+        ],
         catch_exceptions=False,
-    )
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
 
 
@@ -61,10 +62,13 @@ def assert_each_trial_once(name: str, storage: str, client: MlflowClient, n: int
 def test_two_worker_processes_complete_each_trial_exactly_once(image_folder, mlflow_server, pg_url, tmp_path):
     init("stack", image_folder, pg_url, mlflow_server.uri)
     procs = [
-        sweeper_proc("study", "run", "stack", "--n-trials", 3, "--seed", i, "--storage", pg_url,
-                     "--tracking-uri", mlflow_server.uri, "--json", log=tmp_path / f"w{i}.log")
+        sweeper_proc(
+            "study", "run", "stack", "--n-trials", 3, "--seed", i, "--storage", pg_url,
+            "--tracking-uri", mlflow_server.uri, "--json",
+            log=tmp_path / f"w{i}.log",
+        )
         for i in range(2)
-    ]
+    ]  # fmt: skip
     for i, proc in enumerate(procs):
         assert proc.wait(timeout=300) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
     assert_each_trial_once("stack", pg_url, MlflowClient(mlflow_server.uri), 6)
@@ -74,17 +78,20 @@ def test_two_worker_processes_complete_each_trial_exactly_once(image_folder, mlf
 def test_workers_option_splits_trials_and_shows_one_table(image_folder, mlflow_server, pg_url):
     result = CliRunner().invoke(
         app,
-        ["study", "run", "multi", "--workers", "2", "--n-trials", "3", "--data", str(image_folder), "--storage", pg_url,
-         "--tracking-uri", mlflow_server.uri, "--sampler", "random", "--seed", "0", "--pruner", "none", "--json",
-         "--set", *TINY],
+        [
+            "study", "run", "multi", "--workers", "2", "--n-trials", "3", "--data", str(image_folder),
+            "--storage", pg_url, "--tracking-uri", mlflow_server.uri, "--sampler", "random", "--seed",
+            "0", "--pruner", "none", "--json", "--set", *TINY,
+        ],
         catch_exceptions=False,
-    )
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["workers"] == 2 and payload["failed_workers"] == []
     assert_each_trial_once("multi", pg_url, MlflowClient(mlflow_server.uri), 3)
     assert sorted(Path("runs/multi/logs").glob("worker-*.log")) == [
-        Path("runs/multi/logs/worker-0.log"), Path("runs/multi/logs/worker-1.log")
+        Path("runs/multi/logs/worker-0.log"),
+        Path("runs/multi/logs/worker-1.log"),
     ]
 
 
@@ -104,8 +111,11 @@ def test_dropped_database_connection_does_not_kill_the_worker(image_folder, pg_u
     name = pg_url.rsplit("/", 1)[1]
     init("drops", image_folder, pg_url, "sqlite:///mlflow.db")
     log = tmp_path / "worker.log"
-    proc = sweeper_proc("study", "run", "drops", "--n-trials", 4, "--storage", pg_url,
-                        "--tracking-uri", "sqlite:///mlflow.db", "--set", "train.epochs=3", log=log)
+    proc = sweeper_proc(
+        "study", "run", "drops", "--n-trials", 4, "--storage", pg_url, "--tracking-uri",
+        "sqlite:///mlflow.db", "--set", "train.epochs=3",
+        log=log,
+    )  # fmt: skip
     admin = sqlalchemy.create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
     killed = 0
     stop = threading.Event()

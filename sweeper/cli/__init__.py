@@ -7,6 +7,9 @@ import signal
 
 import typer
 
+from sweeper.cli import config as _config
+from sweeper.cli import plot as _plot
+from sweeper.cli import replay as _replay
 from sweeper.cli import study as _study
 from sweeper.cli import train as _train
 
@@ -21,10 +24,10 @@ app = typer.Typer(
 app.command("train")(_train.train)
 app.command("lr-find")(_train.lr_find)
 app.command("model")(_train.model)
-app.add_typer(_train.config_app, name="config")
-app.add_typer(_train.plot_app, name="plot")
+app.add_typer(_config.config_app, name="config")
+app.add_typer(_plot.plot_app, name="plot")
 app.add_typer(_study.study_app, name="study")
-app.command("replay")(_study.replay)
+app.command("replay")(_replay.replay)
 
 
 def main() -> None:

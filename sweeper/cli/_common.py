@@ -14,13 +14,25 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pipelines.callbacks import Callback, EpochMetrics
+from pipelines.config import Config
 from pipelines.errors import UserError
+from sweeper.overrides import resolve_config
 
 err_console = Console(stderr=True)
 
+# Help panels: how `--help` groups the options of a command
+CONFIG_PANEL = "Config"
+STORE_PANEL = "Storage and tracking"
+
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML config (sections data, model, augment, schedule, optim, train).", show_default=False),
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML config (sections data, model, augment, schedule, optim, train).",
+        show_default=False,
+        rich_help_panel=CONFIG_PANEL,
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -29,6 +41,7 @@ SetOpt = Annotated[
         "-s",
         help="Override a config key: --set optim.lr=0.2 (repeatable; further key=value words may follow).",
         show_default=False,
+        rich_help_panel=CONFIG_PANEL,
     ),
 ]
 OverridesArg = Annotated[
@@ -42,9 +55,38 @@ DataOpt = Annotated[
         help="Data source: cifar10 (download), cifar-10-python.tar.gz or its folder, an ImageFolder dir "
         "with train/ and test/, or a .tar/.tar.gz/.tar.xz/.zip of one. Same as --set data.path=...",
         show_default=False,
+        rich_help_panel=CONFIG_PANEL,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+NameArg = Annotated[str, typer.Argument(help="Study name (also the MLflow experiment's name).", show_default=False)]
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="Optuna storage URL; default $SWEEPER_STORAGE or sqlite:///sweeper.db. "
+        "Many workers: postgresql+psycopg2://user:pass@host:5432/db",
+        show_default=False,
+        rich_help_panel=STORE_PANEL,
+    ),
+]
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db (artifacts in ./mlartifacts).",
+        show_default=False,
+        rich_help_panel=STORE_PANEL,
+    ),
+]
+RunsOpt = Annotated[
+    Path,
+    typer.Option(
+        "--runs-dir",
+        help="Where trials write their outputs (<runs-dir>/<study>/trial-N).",
+        rich_help_panel=STORE_PANEL,
+    ),
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,6 +115,13 @@ def user_errors(func: F) -> F:
 
 def tokens(set_: Sequence[str] | None, extra: Sequence[str] | None) -> list[str]:
     return [*(set_ or []), *(extra or [])]
+
+
+def resolve_cli_config(
+    config: Path | None, set_: Sequence[str] | None, overrides: Sequence[str] | None, **extra: object
+) -> Config:
+    """A command's config: the recipe <- --config <- ``extra`` (e.g. --data) <- --set and key=value words."""
+    return resolve_config(config, tokens(set_, overrides), extra={k: v for k, v in extra.items() if v is not None})
 
 
 def print_json(payload: Any) -> None:

@@ -1,7 +1,8 @@
-"""Commands around one training run: train, lr-find, model, config show, plot schedule."""
+"""Commands around one training run: train, lr-find, model."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -9,8 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.config import Config
-from pipelines.errors import UserError
 from sweeper.cli._common import (
     ConfigOpt,
     DataOpt,
@@ -20,19 +19,9 @@ from sweeper.cli._common import (
     SetOpt,
     err_console,
     print_json,
-    tokens,
+    resolve_cli_config,
     user_errors,
 )
-from sweeper.overrides import resolve_config
-
-CIFAR10_TRAIN_SIZE = 50_000  # images in the official training set, for schedule plots without loading data
-
-config_app = typer.Typer(help="Show the resolved config.", no_args_is_help=True)
-plot_app = typer.Typer(help="Draw figures without training.", no_args_is_help=True)
-
-
-def _config(config: Path | None, set_: list[str] | None, overrides: list[str] | None, **extra: object) -> Config:
-    return resolve_config(config, tokens(set_, overrides), extra={k: v for k, v in extra.items() if v is not None})
 
 
 @user_errors
@@ -41,7 +30,9 @@ def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder (train.out_dir).", show_default=False)] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (train.out_dir).", show_default=False)
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Train the custom ResNet-9 with One Cycle (the recipe by default).
@@ -52,7 +43,7 @@ def train(
     """
     from pipelines.train import run
 
-    cfg = _config(config, set_, overrides, **{"data.path": data, "train.out_dir": str(out) if out else None})
+    cfg = resolve_cli_config(config, set_, overrides, **{"data.path": data, "train.out_dir": str(out) if out else None})
     progress = RichProgress()
     try:
         result = run(cfg, callbacks=[progress])
@@ -91,7 +82,7 @@ def lr_find(
     """
     from pipelines.lr_finder import lr_range_test
 
-    cfg = _config(config, set_, overrides, **{"data.path": data})
+    cfg = resolve_cli_config(config, set_, overrides, **{"data.path": data})
     with _steps_bar(iters) as advance:
         result = lr_range_test(
             cfg,
@@ -126,7 +117,7 @@ class _steps_bar:
         self.progress = Progress(console=err_console, transient=True)
         self.task = self.progress.add_task("lr-find", total=total)
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self) -> Callable[[int, float, float], None]:
         self.progress.start()
         return self.advance
 
@@ -173,42 +164,3 @@ def model(
     table.add_section()
     table.add_row("total", "", "", f"{total:,}")
     Console(width=140).print(table)
-
-
-@config_app.command("show")
-@user_errors
-def config_show(
-    overrides: OverridesArg = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    data: DataOpt = None,
-) -> None:
-    """Print the resolved config (recipe defaults <- --config <- --data <- --set) as YAML."""
-    typer.echo(_config(config, set_, overrides, **{"data.path": data}).to_yaml(), nl=False)
-
-
-@plot_app.command("schedule")
-@user_errors
-def plot_schedule(
-    overrides: OverridesArg = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("lr_schedule.png"),
-    train_size: Annotated[
-        int | None,
-        typer.Option(help="Training images per epoch; default data.train_limit or 50,000 (CIFAR-10), less data.val_size."),
-    ] = None,
-) -> None:
-    """Draw the LR policy per iteration (one-cycle curve or triangular cycles), without training."""
-    from pipelines import plots
-    from pipelines.schedules import schedule_curve
-
-    cfg = _config(config, set_, overrides)
-    size = train_size or ((cfg.data.train_limit or CIFAR10_TRAIN_SIZE) - cfg.data.val_size)
-    steps = size // cfg.train.batch_size
-    if steps < 1:
-        raise UserError(f"train.batch_size ({cfg.train.batch_size}) is larger than the training set ({size} images)")
-    curve = schedule_curve(cfg, steps_per_epoch=steps)
-    title = f"{cfg.schedule.policy} (peak lr {cfg.optim.lr:g}, {cfg.train.epochs} epochs x {steps} steps)"
-    path = plots.plot_lr_schedule(curve.lrs, out, steps_per_epoch=steps, momenta=curve.momenta, title=title)
-    typer.echo(f"wrote {path}")

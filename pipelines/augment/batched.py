@@ -1,118 +1,34 @@
-"""Training augmentation: an albumentations pipeline from the config, run batched on the device when it can be.
+"""The standard ops run batched with torch: a whole uint8 ``(N, C, H, W)`` batch on its device, no per-image Python.
 
-``augment.ops`` is a list of ``{"name": <albumentations transform>, **kwargs}``. Two ways to run it:
-
-* :class:`BatchAugment` -- the standard ops (PadIfNeeded, RandomCrop, HorizontalFlip, VerticalFlip,
-  CoarseDropout) re-implemented with torch over a whole uint8 batch ``(N, C, H, W)`` on its device, sampling
-  every random choice per image exactly as albumentations 2.0.8 does (same distributions, not the same
-  random stream). Geometric ops (pads, crops, flips) are composed as per-image row/column index maps and
-  applied with one gather; cutout is a broadcast mask. No per-image Python.
-* :class:`SampleDataset` -- any other pipeline, per sample through albumentations (in DataLoader workers).
-
-``BatchAugment.from_ops`` returns None when some op has no batched version; the caller then uses the other path.
+PadIfNeeded, RandomCrop, HorizontalFlip, VerticalFlip and CoarseDropout, sampling every random choice per image
+exactly as albumentations 2.0.8 does (same distributions, not the same random stream). Geometric ops (pads,
+crops, flips) are composed as per-image row/column index maps and applied with one gather; cutout is a broadcast
+mask.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import albumentations as A
-import numpy as np
 import torch
 
+from pipelines.augment.spec import (
+    BORDER_CONSTANT,
+    BORDER_NAMES,
+    BORDER_REFLECT,
+    BORDER_REFLECT_101,
+    BORDER_REPLICATE,
+    BORDER_WRAP,
+    build_albumentations,
+    describe,
+)
 from pipelines.errors import UserError
 
-__all__ = ["BatchAugment", "SampleDataset", "build_albumentations", "describe"]
-
-# OpenCV border modes accepted by albumentations' pads (cv2.BORDER_*), named as numpy/torch name them:
-# cv2's REFLECT_101 (gfedcb|abcdefgh) is numpy's "reflect", cv2's REFLECT (fedcba|abcdefgh) is numpy's "symmetric".
-BORDER_CONSTANT, BORDER_REPLICATE, BORDER_REFLECT, BORDER_WRAP, BORDER_REFLECT_101 = 0, 1, 2, 3, 4
-BORDER_NAMES = {
-    BORDER_CONSTANT: "constant",
-    BORDER_REPLICATE: "replicate",
-    BORDER_REFLECT: "symmetric",
-    BORDER_WRAP: "wrap",
-    BORDER_REFLECT_101: "reflect",
-}
 _FLAT_INDEX_LIMIT = 1 << 24  # output pixels up to which materialising uses one int64 index per pixel (128 MiB)
-PAD_POSITIONS = ("center", "top_left", "top_right", "bottom_left", "bottom_right", "random")
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Building the albumentations pipeline
-
-
-def build_albumentations(ops: Sequence[Mapping]) -> A.Compose:
-    """``A.Compose`` of ``getattr(A, name)(**kwargs)`` for each op, in order.
-
-    Unknown names and bad or unknown keyword arguments raise UserError naming the op (``augment.ops[i]``).
-    Lists become tuples; ``transforms`` of OneOf/SomeOf/Sequential/... may itself be a list of op dicts.
-    """
-    return A.Compose(_build_list(ops, "augment.ops"))
-
-
-def _build_list(ops: Any, where: str) -> list[Any]:
-    if isinstance(ops, Mapping) or not isinstance(ops, Sequence) or isinstance(ops, str):
-        raise UserError(f"{where} must be a list of {{name: <albumentations transform>, ...}} mappings")
-    return [_build_one(op, f"{where}[{i}]") for i, op in enumerate(ops)]
-
-
-def _build_one(op: Any, where: str) -> Any:
-    if not isinstance(op, Mapping):
-        raise UserError(f"{where} must be a mapping with a 'name' (an albumentations transform), got {op!r}")
-    name = op.get("name")
-    if not isinstance(name, str) or not name:
-        raise UserError(f"{where} needs a 'name' (an albumentations transform)")
-    cls = getattr(A, name, None)
-    is_transform = isinstance(cls, type) and issubclass(cls, A.BasicTransform)
-    is_compose = isinstance(cls, type) and issubclass(cls, A.BaseCompose)
-    if name.startswith("_") or not (is_transform or is_compose):
-        raise UserError(f"{where}: unknown albumentations transform {name!r}")
-    kwargs = {k: _tuples(v) for k, v in op.items() if k != "name"}
-    if is_compose:
-        kwargs["transforms"] = _build_list(op.get("transforms", ()), f"{where}.transforms")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # albumentations only warns about unknown arguments: checked below
-            transform = cls(**kwargs)
-    except (TypeError, ValueError) as err:  # pydantic's ValidationError is a ValueError
-        raise UserError(f"{where} ({name}): {_one_line(err)}") from err
-    invalid = list(getattr(transform, "invalid_args", None) or ())
-    if invalid:
-        schema = getattr(cls, "InitSchema", None)
-        known = sorted(set(getattr(schema, "model_fields", {})) - {"strict"})
-        raise UserError(
-            f"{where} ({name}): unknown argument(s) {', '.join(map(repr, invalid))}; known: {', '.join(known)}"
-        )
-    return transform
-
-
-def _tuples(value: Any) -> Any:
-    """YAML lists -> tuples, recursively (albumentations' schemas want tuples for ranges and fills)."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
-def _one_line(err: Exception) -> str:
-    cause = err.__cause__ if err.__cause__ is not None else err  # albumentations re-raises pydantic's error
-    details = getattr(cause, "errors", None)  # pydantic's ValidationError: "field: message" for each problem
-    if callable(details):
-        try:
-            return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in details())
-        except (TypeError, KeyError):
-            pass
-    lines = [ln.strip() for ln in str(err).splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("For further information")]
-    return " ".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The batched path
+PAD_POSITIONS = ("center", "top_left", "top_right", "bottom_left", "bottom_right", "random")  # all batched
 
 
 class _Canvas:
@@ -464,8 +380,15 @@ def _batched(t: Any, where: str) -> Any:
     if name == "PadIfNeeded":
         if t.p < 1 or t.border_mode not in BORDER_NAMES or t.position not in PAD_POSITIONS:
             return None
-        return _Pad(t.min_height, t.min_width, t.pad_height_divisor, t.pad_width_divisor, t.position, t.border_mode,
-                    _check_fill(t.fill, where))
+        return _Pad(
+            t.min_height,
+            t.min_width,
+            t.pad_height_divisor,
+            t.pad_width_divisor,
+            t.position,
+            t.border_mode,
+            _check_fill(t.fill, where),
+        )
     if name == "RandomCrop":
         if t.p < 1:
             return None
@@ -509,110 +432,3 @@ def _check_fill(fill: Any, where: str, *, truncate: bool = False) -> Any:
         if not isinstance(v, (int, float)) or not math.isfinite(v) or (truncate and not 0 <= v < 256):
             raise UserError(f"{where}: fill {fill!r} is not a value for uint8 images (0..255)")
     return fill if isinstance(fill, (int, float)) else tuple(values)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The per-sample path
-
-
-class SampleDataset(torch.utils.data.Dataset):
-    """Images augmented one at a time by albumentations: ``(uint8 (C, H, W) tensor, label)``.
-
-    albumentations' Compose keeps its own random state, which forked DataLoader workers would all copy
-    (identical augmentations in every worker). So each worker reseeds it from ``worker_info.seed`` (different
-    per worker and per epoch, derived from torch's RNG in the main process), and the main process
-    (num_workers=0) seeds it from ``seed`` or, when None, ``torch.initial_seed()``.
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, ops: Sequence[Mapping], *, seed: int | None = None):
-        if images.ndim != 4 or images.dtype != np.uint8:
-            raise ValueError(f"SampleDataset wants uint8 (N, H, W, C) images, got {images.dtype} {images.shape}")
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = images
-        self.labels = labels
-        self.ops = tuple(dict(op) for op in ops)
-        self.transform = build_albumentations(self.ops)
-        self.transform.set_random_seed((torch.initial_seed() if seed is None else seed) % 2**32)
-        self._seeded_for: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        info = torch.utils.data.get_worker_info()
-        if info is not None and self._seeded_for != info.seed:
-            self.transform.set_random_seed(info.seed % 2**32)
-            self._seeded_for = info.seed
-        out = self.transform(image=self.images[i])["image"]
-        if isinstance(out, np.ndarray):
-            if out.ndim == 2:
-                out = out[:, :, None]
-            out = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
-        return out, int(self.labels[i])
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Description
-
-
-def describe(ops: Sequence[Mapping]) -> str:
-    """One line, e.g. ``PadIfNeeded(40x40, reflect) -> RandomCrop(32x32) -> HorizontalFlip(p=0.5) -> ...``."""
-    if not ops:
-        return "none"
-    return " -> ".join(_describe_one(op) for op in ops)
-
-
-def _describe_one(op: Mapping) -> str:
-    name = str(op.get("name"))
-    try:
-        t = _build_one(op, "op")
-    except UserError:
-        t = None
-    text = _describe_known(name, t) if t is not None else None
-    if text is None:
-        args = ", ".join(f"{k}={_num(v)}" for k, v in op.items() if k != "name")
-        text = f"{name}({args})"
-    return text
-
-
-def _describe_known(name: str, t: Any) -> str | None:
-    p = f", p={_num(t.p)}" if getattr(t, "p", 1) < 1 else ""
-    if name in ("HorizontalFlip", "VerticalFlip"):
-        return f"{name}(p={_num(t.p)})"
-    if name == "PadIfNeeded":
-        size_h = f"{t.min_height}" if t.min_height is not None else f"/{t.pad_height_divisor}"
-        size_w = f"{t.min_width}" if t.min_width is not None else f"/{t.pad_width_divisor}"
-        parts = [f"{size_h}x{size_w}", _border(t.border_mode, t.fill)]
-        if t.position != "center":
-            parts.append(t.position)
-        return f"PadIfNeeded({', '.join(parts)}{p})"
-    if name == "RandomCrop":
-        parts = [f"{t.height}x{t.width}"]
-        if t.pad_if_needed:
-            parts.append(f"pad {_border(t.border_mode, t.fill)}")
-        return f"RandomCrop({', '.join(parts)}{p})"
-    if name == "CoarseDropout":
-        lo, hi = t.num_holes_range
-        holes = f"{lo} hole" if lo == hi == 1 else f"{_span(lo, hi)} holes"
-        size = f"{_span(*t.hole_height_range)}x{_span(*t.hole_width_range)}"
-        fill = "" if t.fill == 0 else f", fill={_num(t.fill)}"
-        return f"CoarseDropout({holes} {size}{fill}{p})"
-    return None
-
-
-def _border(mode: int, fill: Any) -> str:
-    label = BORDER_NAMES.get(mode, f"border_mode={mode}")
-    return f"{label} {_num(fill)}" if mode == BORDER_CONSTANT else label
-
-
-def _span(lo: float, hi: float) -> str:
-    return _num(lo) if lo == hi else f"{_num(lo)}-{_num(hi)}"
-
-
-def _num(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    if isinstance(v, (tuple, list)):
-        return "(" + ", ".join(_num(x) for x in v) + ")"
-    return str(v)

@@ -1,0 +1,156 @@
+"""The albumentations side of ``augment.ops``: ``A.Compose`` built with errors naming the op, one-line descriptions."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import albumentations as A
+
+from pipelines.errors import UserError, one_line
+
+# OpenCV border modes accepted by albumentations' pads (cv2.BORDER_*), named as numpy/torch name them:
+# cv2's REFLECT_101 (gfedcb|abcdefgh) is numpy's "reflect", cv2's REFLECT (fedcba|abcdefgh) is numpy's "symmetric".
+BORDER_CONSTANT, BORDER_REPLICATE, BORDER_REFLECT, BORDER_WRAP, BORDER_REFLECT_101 = 0, 1, 2, 3, 4
+BORDER_NAMES = {
+    BORDER_CONSTANT: "constant",
+    BORDER_REPLICATE: "replicate",
+    BORDER_REFLECT: "symmetric",
+    BORDER_WRAP: "wrap",
+    BORDER_REFLECT_101: "reflect",
+}
+
+# The link pydantic appends to each problem it reports; it says nothing about the config.
+_PYDANTIC_LINK = re.compile(r"\s*For further information visit \S+")
+
+
+def build_albumentations(ops: Sequence[Mapping]) -> A.Compose:
+    """``A.Compose`` of ``getattr(A, name)(**kwargs)`` for each op, in order.
+
+    Unknown names and bad or unknown keyword arguments raise UserError naming the op (``augment.ops[i]``).
+    Lists become tuples; ``transforms`` of OneOf/SomeOf/Sequential/... may itself be a list of op dicts.
+    """
+    return A.Compose(_build_list(ops, "augment.ops"))
+
+
+def _build_list(ops: Any, where: str) -> list[Any]:
+    if isinstance(ops, Mapping) or not isinstance(ops, Sequence) or isinstance(ops, str):
+        raise UserError(f"{where} must be a list of {{name: <albumentations transform>, ...}} mappings")
+    return [_build_one(op, f"{where}[{i}]") for i, op in enumerate(ops)]
+
+
+def _build_one(op: Any, where: str) -> Any:
+    if not isinstance(op, Mapping):
+        raise UserError(f"{where} must be a mapping with a 'name' (an albumentations transform), got {op!r}")
+    name = op.get("name")
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{where} needs a 'name' (an albumentations transform)")
+    cls = getattr(A, name, None)
+    is_transform = isinstance(cls, type) and issubclass(cls, A.BasicTransform)
+    is_compose = isinstance(cls, type) and issubclass(cls, A.BaseCompose)
+    if name.startswith("_") or not (is_transform or is_compose):
+        raise UserError(f"{where}: unknown albumentations transform {name!r}")
+    kwargs = {k: _tuples(v) for k, v in op.items() if k != "name"}
+    if is_compose:
+        kwargs["transforms"] = _build_list(op.get("transforms", ()), f"{where}.transforms")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # albumentations only warns about unknown arguments: checked below
+            transform = cls(**kwargs)
+    except (TypeError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+        raise UserError(f"{where} ({name}): {_validation_message(err)}") from err
+    invalid = list(getattr(transform, "invalid_args", None) or ())
+    if invalid:
+        schema = getattr(cls, "InitSchema", None)
+        known = sorted(set(getattr(schema, "model_fields", {})) - {"strict"})
+        raise UserError(
+            f"{where} ({name}): unknown argument(s) {', '.join(map(repr, invalid))}; known: {', '.join(known)}"
+        )
+    return transform
+
+
+def _tuples(value: Any) -> Any:
+    """YAML lists -> tuples, recursively (albumentations' schemas want tuples for ranges and fills)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _validation_message(err: Exception) -> str:
+    """What is wrong with a transform's arguments, on one line.
+
+    albumentations re-raises pydantic's ValidationError as a ValueError; its ``errors()`` read best as
+    "field: message; ...". Anything else is :func:`one_line`, less pydantic's "For further information" links.
+    """
+    cause = err.__cause__ if err.__cause__ is not None else err
+    details = getattr(cause, "errors", None)  # pydantic's ValidationError: "field: message" for each problem
+    if callable(details):
+        try:
+            return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in details())
+        except (TypeError, KeyError):
+            pass
+    return _PYDANTIC_LINK.sub("", one_line(err)).strip()
+
+
+def describe(ops: Sequence[Mapping]) -> str:
+    """One line, e.g. ``PadIfNeeded(40x40, reflect) -> RandomCrop(32x32) -> HorizontalFlip(p=0.5) -> ...``."""
+    if not ops:
+        return "none"
+    return " -> ".join(_describe_one(op) for op in ops)
+
+
+def _describe_one(op: Mapping) -> str:
+    name = str(op.get("name"))
+    try:
+        t = _build_one(op, "op")
+    except UserError:
+        t = None
+    text = _describe_known(name, t) if t is not None else None
+    if text is None:
+        args = ", ".join(f"{k}={_num(v)}" for k, v in op.items() if k != "name")
+        text = f"{name}({args})"
+    return text
+
+
+def _describe_known(name: str, t: Any) -> str | None:
+    p = f", p={_num(t.p)}" if getattr(t, "p", 1) < 1 else ""
+    if name in ("HorizontalFlip", "VerticalFlip"):
+        return f"{name}(p={_num(t.p)})"
+    if name == "PadIfNeeded":
+        size_h = f"{t.min_height}" if t.min_height is not None else f"/{t.pad_height_divisor}"
+        size_w = f"{t.min_width}" if t.min_width is not None else f"/{t.pad_width_divisor}"
+        parts = [f"{size_h}x{size_w}", _border(t.border_mode, t.fill)]
+        if t.position != "center":
+            parts.append(t.position)
+        return f"PadIfNeeded({', '.join(parts)}{p})"
+    if name == "RandomCrop":
+        parts = [f"{t.height}x{t.width}"]
+        if t.pad_if_needed:
+            parts.append(f"pad {_border(t.border_mode, t.fill)}")
+        return f"RandomCrop({', '.join(parts)}{p})"
+    if name == "CoarseDropout":
+        lo, hi = t.num_holes_range
+        holes = f"{lo} hole" if lo == hi == 1 else f"{_span(lo, hi)} holes"
+        size = f"{_span(*t.hole_height_range)}x{_span(*t.hole_width_range)}"
+        fill = "" if t.fill == 0 else f", fill={_num(t.fill)}"
+        return f"CoarseDropout({holes} {size}{fill}{p})"
+    return None
+
+
+def _border(mode: int, fill: Any) -> str:
+    label = BORDER_NAMES.get(mode, f"border_mode={mode}")
+    return f"{label} {_num(fill)}" if mode == BORDER_CONSTANT else label
+
+
+def _span(lo: float, hi: float) -> str:
+    return _num(lo) if lo == hi else f"{_num(lo)}-{_num(hi)}"
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, (tuple, list)):
+        return "(" + ", ".join(_num(x) for x in v) + ")"
+    return str(v)

@@ -1,0 +1,149 @@
+"""ImageFolder trees: ``<root>/train/<class>/<image>`` + ``<root>/test/<class>/<image>``, decoded with Pillow.
+
+Any format Pillow reads; every image is converted to RGB and all must share one size.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipelines.data.sets import ImageSet, Progress
+from pipelines.data.trees import Tree, depth, join
+from pipelines.errors import UserError, one_line
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 2000  # images between two progress() calls while decoding
+
+_EXTENSIONS: set[str] = set()  # lower-case file extensions Pillow reads, filled on first use
+
+
+def find_image_folder(tree: Tree) -> str:
+    """The shallowest folder with both ``train/`` and ``test/`` in it."""
+    roots = [d for d in tree.dirs if join(d, "train") in tree.dirs and join(d, "test") in tree.dirs]
+    if not roots:
+        kind = "archive" if tree.is_archive else "folder"
+        raise UserError(
+            f"{tree.origin} has no train/ and test/ folders (expected an ImageFolder layout "
+            f"<{kind}>/train/<class>/<image> and <{kind}>/test/<class>/<image>, possibly inside one top folder, "
+            "or CIFAR-10's cifar-10-batches-py)"
+        )
+    roots.sort(key=lambda d: (depth(d), d))
+    if len(roots) > 1 and depth(roots[0]) == depth(roots[1]):
+        log.warning("%s has several train/ + test/ folders; using %s", tree.origin, tree.where(roots[0]))
+    return roots[0]
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name has an extension Pillow reads (case-insensitive)."""
+    return os.path.splitext(name)[1].lower() in _image_extensions()
+
+
+def _image_extensions() -> set[str]:
+    if not _EXTENSIONS:
+        Image.init()
+        _EXTENSIONS.update(ext.lower() for ext in Image.registered_extensions())
+    return _EXTENSIONS
+
+
+def decode_image_folder(tree: Tree, root: str, progress: Progress | None) -> tuple[ImageSet, ImageSet, tuple[str, ...]]:
+    """The train and test sets of the ImageFolder at ``root``; classes are the sorted class folder names.
+
+    Train and test must have the same classes, each with at least one image, and every image the same size.
+    """
+    splits = {split: _class_files(tree, join(root, split)) for split in ("train", "test")}
+    train_classes, test_classes = set(splits["train"]), set(splits["test"])
+    if train_classes != test_classes:
+        only_train = ", ".join(sorted(train_classes - test_classes)) or "-"
+        only_test = ", ".join(sorted(test_classes - train_classes)) or "-"
+        raise UserError(
+            f"train and test classes differ in {tree.where(root)}: "
+            f"only in train: {only_train}; only in test: {only_test}"
+        )
+    if not train_classes:
+        raise UserError(f"{tree.where(join(root, 'train'))} has no class folders (expected train/<class>/<image>)")
+    classes = tuple(sorted(train_classes))
+    for split, by_class in splits.items():
+        for name in classes:
+            if not by_class[name]:
+                raise UserError(f"{tree.where(join(root, split, name))} has no images")
+    files = {
+        split: [(rel, label) for label, name in enumerate(classes) for rel in by_class[name]]
+        for split, by_class in splits.items()
+    }
+    total = sum(len(f) for f in files.values())
+    log.info("decoding %d images from %s", total, tree.origin)
+    decoder = _Decoder(tree, total, progress)
+    train, test = (decoder.decode(files[split]) for split in ("train", "test"))
+    return train, test, classes
+
+
+def _class_files(tree: Tree, split_dir: str) -> dict[str, list[str]]:
+    """Class name -> sorted image files (any depth below the class folder) of one split folder."""
+    prefix = split_dir + "/"
+    classes: dict[str, list[str]] = {
+        d[len(prefix) :]: [] for d in tree.dirs if d.startswith(prefix) and "/" not in d[len(prefix) :]
+    }
+    skipped: list[str] = []
+    for rel in tree.files:
+        if not rel.startswith(prefix):
+            continue
+        inner = rel[len(prefix) :]
+        if "/" not in inner:
+            skipped.append(rel)  # a file beside the class folders
+        elif is_image_name(inner):
+            classes[inner.split("/", 1)[0]].append(rel)
+        else:
+            skipped.append(rel)
+    if skipped:
+        example = tree.where(min(skipped))
+        log.warning("ignoring %d non-image file(s) in %s, e.g. %s", len(skipped), tree.where(split_dir), example)
+    return {name: sorted(files) for name, files in classes.items()}
+
+
+class _Decoder:
+    """Decodes files of a tree to one shared image size, reporting progress across calls."""
+
+    def __init__(self, tree: Tree, total: int, progress: Progress | None) -> None:
+        self.tree, self.total, self.progress = tree, total, progress
+        self.done = 0
+        self.first: tuple[str, tuple[int, ...]] | None = None  # (file, shape) every image must match
+
+    def decode(self, files: list[tuple[str, int]]) -> ImageSet:
+        images: np.ndarray | None = None
+        labels = np.array([label for _, label in files], dtype=np.int64)
+        for i, (rel, _) in enumerate(files):
+            image = _decode_image(self.tree.read(rel), self.tree.where(rel))
+            if self.first is None:
+                self.first = (rel, image.shape)
+            elif image.shape != self.first[1]:
+                (h, w), (fh, fw) = image.shape[:2], self.first[1][:2]
+                raise UserError(
+                    f"{self.tree.where(rel)} is {w}x{h} but {self.tree.where(self.first[0])} is {fw}x{fh}: "
+                    "all images must have the same size"
+                )
+            if images is None:
+                images = np.empty((len(files), *image.shape), dtype=np.uint8)
+            images[i] = image
+            self.done += 1
+            if self.progress is not None and (self.done % PROGRESS_EVERY == 0 or self.done == self.total):
+                self.progress(self.done, self.total)
+        if images is None:
+            images = np.empty((0, *(self.first[1] if self.first else (0, 0, 3))), dtype=np.uint8)
+        return ImageSet(images, labels)
+
+
+def _decode_image(data: bytes, where: str) -> np.ndarray:
+    """One image file's bytes as uint8 (H, W, 3) RGB."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except UnidentifiedImageError as err:
+        raise UserError(f"{where} is not a readable image (unknown or damaged format)") from err
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError ...
+        raise UserError(f"{where} is not a readable image ({one_line(err)})") from err

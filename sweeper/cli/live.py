@@ -1,0 +1,186 @@
+"""The study's live view: a table of its trials on stderr, columns from the study's space and objective.
+
+It listens as a ``sweeper.trials.StudyObserver`` while trials run in this process, and is refreshed from the
+storage's rows (``sweeper.study.trial_rows``) when workers run them; ``study show`` prints it once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from sweeper.cli._common import err_console
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from pipelines.callbacks import EpochMetrics
+    from sweeper.objective import Objective
+    from sweeper.outcome import Outcome
+    from sweeper.space import Param, Space
+
+ROWS_SHOWN = 30  # the latest trials; older ones scroll away
+DERIVED_LR = "λα/(1-ρ)"  # effective_decay, the one parameter that sets no config key itself (it derives optim.lr)
+# Column headers for the reparametrised space's axes (Myrtle.ai part 5); any other parameter shows its own name.
+LABELS = {
+    "optim.lr": "λ",
+    "optim.momentum": "ρ",
+    "optim.weight_decay": "α",
+}
+
+
+class LiveStudyView:
+    """A live table of the trials (number, every searched parameter, objective, test accuracy, state, time),
+    refreshed as trials start, finish epochs and end."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        space: Space | None = None,
+        objective: Objective | str = "val",
+        quiet: bool = False,
+        console: Console | None = None,
+    ) -> None:
+        self.name = name
+        self.space = space
+        self.objective = str(getattr(objective, "value", objective))
+        self.console = console or err_console
+        self.quiet = quiet
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.live: Live | None = None
+
+    # -- what sweeper.trials.StudyObserver hears
+    def on_study(self, study: optuna.Study, *, space: Space, objective: Objective) -> None:
+        from sweeper.study import trial_rows
+
+        self.space, self.objective = space, objective.value
+        self.show_rows(trial_rows(study))
+
+    def on_trial_start(self, number: int, params: Mapping[str, Any], *, lr: float) -> None:
+        self.rows[number] = {
+            "number": number,
+            "state": "running",
+            "params": dict(params),
+            "lr": lr,
+            "started": time.perf_counter(),
+        }
+        self._refresh()
+
+    def on_epoch(self, number: int, metrics: EpochMetrics, value: float) -> None:
+        row = self.rows.get(number)
+        if row is not None:
+            row.update(epoch=metrics.epoch, value=value, test_accuracy=metrics.test_accuracy)
+            self._refresh()
+
+    def on_trial_end(self, trial: FrozenTrial, outcome: Outcome, seconds: float) -> None:
+        row = self.rows.setdefault(trial.number, {"number": trial.number, "params": trial.params})
+        row.update(state=outcome.value, seconds=seconds, started=None)
+        if trial.value is not None:
+            row["value"] = trial.value
+        row["test_accuracy"] = trial.user_attrs.get("test_accuracy", row.get("test_accuracy"))
+        self._refresh()
+
+    def show_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Replace the table's rows with what the storage says (the multi-worker view, `study show`)."""
+        for row in rows:
+            self.rows[row["number"]] = {**row, "started": None}
+        self._refresh()
+
+    # -- the table
+    def table(self) -> Table:
+        table = Table(title=f"study {self.name}", expand=False)
+        columns = self._columns()
+        for header, _ in columns:
+            table.add_column(header, justify="left" if header == "state" else "right", no_wrap=True)
+        for number in sorted(self.rows)[-ROWS_SHOWN:]:
+            row = self.rows[number]
+            table.add_row(*(cell(row) for _, cell in columns))
+        return table
+
+    def _columns(self) -> list[tuple[str, Any]]:
+        """(header, row -> text) for each column: every searched parameter, lr beside effective_decay."""
+        columns: list[tuple[str, Any]] = [("#", _number)]
+        for param in self.space.params if self.space is not None else ():
+            if param.key is None:
+                columns += [(DERIVED_LR, _param_cell(param)), (LABELS["optim.lr"], _lr)]
+            else:
+                columns.append((LABELS.get(param.key, param.name), _param_cell(param)))
+        columns.append((self.objective, _value))
+        if self.objective != "test":
+            columns.append(("test", _test))
+        columns += [("state", _state), ("time", _time)]
+        return columns
+
+    def _refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self.table())
+
+    def __enter__(self) -> LiveStudyView:
+        if not self.quiet:
+            self.live = Live(self.table(), console=self.console, refresh_per_second=2, transient=False)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.update(self.table())
+            self.live.stop()
+            self.live = None
+
+
+def _param_cell(param: Param) -> Any:
+    """Categorical choices as written, log-scaled floats as 8.8e-03, others with 3 significant digits."""
+    spec = ".1e" if param.type == "float" and param.log else ".3g"
+
+    def cell(row: Mapping[str, Any]) -> str:
+        value = (row.get("params") or {}).get(param.name)
+        return str(value) if param.type == "categorical" and value is not None else fmt(value, spec)
+
+    return cell
+
+
+def _number(row: Mapping[str, Any]) -> str:
+    return str(row["number"])
+
+
+def _lr(row: Mapping[str, Any]) -> str:
+    return fmt(row.get("lr"), ".3g")
+
+
+def _value(row: Mapping[str, Any]) -> str:
+    return pct(row.get("value"))
+
+
+def _test(row: Mapping[str, Any]) -> str:
+    return pct(row.get("test_accuracy"))
+
+
+def _state(row: Mapping[str, Any]) -> str:
+    state = row.get("state", "")
+    return f"running (epoch {row['epoch']})" if state == "running" and row.get("epoch") else state
+
+
+def _time(row: Mapping[str, Any]) -> str:
+    seconds = row.get("seconds")
+    if row.get("started") is not None:
+        seconds = time.perf_counter() - row["started"]
+    return f"{seconds:.0f}s" if seconds is not None else ""
+
+
+def fmt(value: Any, spec: str = ".4g") -> str:
+    """A table cell: floats with ``spec``, anything else as text, None as nothing."""
+    if value is None:
+        return ""
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def pct(value: Any) -> str:
+    """A fraction as a percentage cell, e.g. 0.9071 -> 90.7%."""
+    return f"{100 * value:.1f}%" if isinstance(value, (int, float)) else ""

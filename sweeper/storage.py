@@ -1,0 +1,254 @@
+"""Optuna's storage: the URL (resolved and masked), the engine, reconnects, the heartbeat and stale trials.
+
+SQLite is used as Optuna opens it. A server database (PostgreSQL) gets pre-ping and pool recycling on its
+engine, a heartbeat that fails and retries the trials of dead workers (:class:`StaleTrialHandler`), and
+:class:`ResilientStorage` around it: each storage call whose connection was cut is retried on a fresh one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Container, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import sqlalchemy
+from optuna.distributions import BaseDistribution
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat  # the interface Optuna checks for heartbeats; not exported
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from pipelines.errors import UserError, one_line
+from sweeper.outcome import Outcome
+from sweeper.overrides import positive_int
+from sweeper.retry import retrying
+from sweeper.tracking import Tracker
+from sweeper.urls import absolute_sqlite, is_sqlite, mask_url
+
+if TYPE_CHECKING:
+    from optuna.study._frozen import FrozenStudy
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "sqlite:///sweeper.db"
+STORAGE_ENV = "SWEEPER_STORAGE"
+HEARTBEAT_SECONDS = 20  # a running trial's heartbeat period on a server database ($SWEEPER_HEARTBEAT_SECONDS)
+GRACE_SECONDS = 60  # no heartbeat for this long: the trial is failed and retried ($SWEEPER_GRACE_SECONDS)
+MAX_RETRY = 2  # retries of a trial whose worker died
+# What PostgreSQL clients say when an open connection is cut (not when none can be made: that is not retried)
+DISCONNECT_MARKERS = (
+    "closed the connection",
+    "terminating connection",
+    "connection already closed",
+    "connection has been closed",
+    "connection reset",
+)
+
+
+def resolve_storage_url(url: str | None) -> str:
+    """--storage, else $SWEEPER_STORAGE, else sqlite:///sweeper.db (made absolute)."""
+    return absolute_sqlite(url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE)
+
+
+def parse_storage_url(url: str) -> sqlalchemy.engine.URL:
+    try:
+        return sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as err:
+        raise UserError(
+            f"malformed storage URL {mask_url(url)!r}: expected e.g. sqlite:///sweeper.db or "
+            "postgresql+psycopg2://user:pass@host:5432/db"
+        ) from err
+
+
+def missing_sqlite_file(url: str) -> bool:
+    """True for a SQLite URL whose file does not exist yet (opening it would create it)."""
+    if not is_sqlite(url):
+        return False
+    database = parse_storage_url(url).database
+    return not database or database == ":memory:" or not Path(database).exists()
+
+
+def make_storage(
+    url: str | None, *, heartbeat: bool = True, tracker_uri: str | None = None, runs_dir: str = "runs"
+) -> BaseStorage:
+    """The storage at ``url`` (see :func:`resolve_storage_url`): on a server database with pre-ping, a heartbeat
+    (unless ``heartbeat`` is False: read-only use) and reconnecting calls."""
+    url = resolve_storage_url(url)
+    parsed = parse_storage_url(url)
+    kwargs: dict[str, Any] = {}
+    if is_sqlite(url):
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300}
+        if parsed.drivername.startswith("postgresql"):
+            engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        if heartbeat:
+            kwargs.update(
+                heartbeat_interval=env_seconds("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS),
+                grace_period=env_seconds("SWEEPER_GRACE_SECONDS", GRACE_SECONDS),
+                heartbeat_stale_trial_callback=StaleTrialHandler(tracker_uri, runs_dir=runs_dir),
+            )
+    try:
+        storage = retrying(when=is_disconnect, what="opening the storage")(
+            RDBStorage, url, engine_kwargs=engine_kwargs, **kwargs
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
+        detail = one_line(getattr(err, "orig", None) or err, limit=200)
+        raise UserError(f"cannot open storage {mask_url(url)}: {detail}") from err
+    if is_sqlite(url):
+        return storage
+    # get_storage wraps an RDBStorage in Optuna's own trial cache, as create_study would; ours goes around it.
+    return ResilientStorage(optuna.storages.get_storage(storage))
+
+
+def is_disconnect(err: BaseException) -> bool:
+    """True when a database call failed because its open connection was cut (a restart, pg_terminate_backend)."""
+    if not isinstance(err, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError)):
+        return False
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError):
+            text = str(seen).lower()
+            if seen.connection_invalidated or any(marker in text for marker in DISCONNECT_MARKERS):
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def env_seconds(name: str, default: int) -> int:
+    """A whole number of seconds >= 1 from the environment variable ``name``, else ``default``."""
+    text = os.environ.get(name)
+    return positive_int(text, name=name, expected="a whole number of seconds") if text else default
+
+
+class StaleTrialHandler:
+    """Heartbeat callback for a trial whose worker died: end its MLflow run as FAILED, then retry the trial."""
+
+    def __init__(self, tracker_uri: str | None, *, runs_dir: str = "runs") -> None:
+        self.tracker_uri = tracker_uri
+        self.runs_dir = runs_dir
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=False)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            try:
+                spool = Path(self.runs_dir) / study.study_name / "spool"
+                tracker = Tracker(self.tracker_uri, study.study_name, spool_dir=spool)
+                tracker.end_run(run_id, Outcome.FAILED, reason="worker lost (no heartbeat)")
+            except Exception:
+                log.exception("could not end the MLflow run %s of stale trial %d", run_id, trial.number)
+        self.retry(study, trial)
+
+
+class ResilientStorage(BaseStorage, BaseHeartbeat):
+    """A storage that delegates every call to ``backend`` (Optuna's cached RDB storage) and retries a call whose
+    database connection was cut, on a fresh connection (pre-ping replaces the dead ones in the pool).
+
+    Optuna's writes are one transaction each, so a retried call either did nothing or is repeated whole. A state
+    change whose commit landed before the connection died is recognised on retry (the trial is then finished).
+    The one non-idempotent call, creating a trial, could at worst leave one extra trial if its reply was lost.
+    """
+
+    def __init__(self, backend: BaseStorage) -> None:
+        if not isinstance(backend, BaseHeartbeat):
+            raise TypeError(f"{type(backend).__name__} has no heartbeat interface")
+        self._backend = backend
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        method: Callable[..., Any] = getattr(self._backend, name)
+        tries = 0
+
+        def attempt() -> Any:
+            nonlocal tries
+            tries += 1
+            try:
+                return method(*args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if tries > 1 and name == "set_trial_state_values":
+                    return True  # our first try committed before the connection died
+                raise
+
+        return retrying(when=is_disconnect, what=f"storage call {name}")(attempt)
+
+    # -- studies
+    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
+        return self._call("create_new_study", directions, study_name)
+
+    def delete_study(self, study_id: int) -> None:
+        self._call("delete_study", study_id)
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._call("set_study_user_attr", study_id, key, value)
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._call("set_study_system_attr", study_id, key, value)
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self._call("get_study_id_from_name", study_name)
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self._call("get_study_name_from_id", study_id)
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return self._call("get_study_directions", study_id)
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._call("get_study_user_attrs", study_id)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._call("get_study_system_attrs", study_id)
+
+    def get_all_studies(self) -> list[FrozenStudy]:
+        return self._call("get_all_studies")
+
+    # -- trials
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._call("create_new_trial", study_id, template_trial)
+
+    def set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution
+    ) -> None:
+        self._call("set_trial_param", trial_id, param_name, param_value_internal, distribution)
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self._call("get_trial_id_from_study_id_trial_number", study_id, trial_number)
+
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        return self._call("get_best_trial", study_id)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        return self._call("set_trial_state_values", trial_id, state, values)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self._call("set_trial_intermediate_value", trial_id, step, intermediate_value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._call("set_trial_user_attr", trial_id, key, value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._call("set_trial_system_attr", trial_id, key, value)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self._call("get_trial", trial_id)
+
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return self._call("get_all_trials", study_id, deepcopy=deepcopy, states=states)
+
+    # -- heartbeat (BaseHeartbeat's interface, _get_stale_trial_ids included)
+    def record_heartbeat(self, trial_id: int) -> None:
+        self._call("record_heartbeat", trial_id)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self._call("_get_stale_trial_ids", study_id)
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._backend.get_heartbeat_interval()  # type: ignore[attr-defined]
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self._backend.get_heartbeat_stale_trial_callback()  # type: ignore[attr-defined]

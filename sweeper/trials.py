@@ -1,0 +1,176 @@
+"""Trials of an open study, run in this process: each one a training run reported to Optuna and MLflow.
+
+Order of record (nothing lost): the objective returns, Optuna writes the trial's state and value to its storage,
+then our after-trial callback ends the trial's MLflow run. A trial whose worker dies is failed and retried by
+the storage's heartbeat (``sweeper.storage``); its MLflow run is ended as FAILED by whichever worker notices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from pipelines.callbacks import Callback, EpochMetrics
+from pipelines.config import Config
+from pipelines.data import Splits, SplitsCache
+from pipelines.errors import UserError, one_line
+from pipelines.train import ModelCache, run
+from sweeper import outcome
+from sweeper.objective import Objective, objective_value
+from sweeper.outcome import REASON, Outcome
+from sweeper.space import Space, optim_params
+from sweeper.study import StudyContext
+from sweeper.tracking import TrialRun
+
+log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_FAILURES = 3  # then the study stops: something is systematically wrong
+
+
+class StudyObserver:
+    """What a live view hears about; all no-ops by default."""
+
+    def on_study(self, study: optuna.Study, *, space: Space, objective: Objective) -> None: ...
+
+    def on_trial_start(self, number: int, params: Mapping[str, Any], *, lr: float) -> None:
+        """Trial ``number`` starts with ``params`` (by the space's names) and trains at peak LR ``lr``."""
+
+    def on_epoch(self, number: int, metrics: EpochMetrics, value: float) -> None:
+        """After each epoch of trial ``number``; ``value`` is the objective the pruner saw."""
+
+    def on_trial_end(self, trial: FrozenTrial, outcome: Outcome, seconds: float) -> None: ...
+
+
+class TrialReporter(Callback):
+    """Reports the objective each epoch so pruners can act; relays epochs to the observer."""
+
+    def __init__(self, trial: optuna.Trial, objective: Objective, observer: StudyObserver) -> None:
+        self.trial, self.objective, self.observer = trial, objective, observer
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        self.observer.on_epoch(self.trial.number, metrics, objective_value(self.objective, metrics))
+
+    def should_stop(self, metrics: EpochMetrics) -> str | None:
+        self.trial.report(objective_value(self.objective, metrics), metrics.epoch)
+        return Outcome.PRUNED.value if self.trial.should_prune() else None
+
+
+@dataclass
+class _Open:
+    """A trial this process started and whose MLflow run is not ended yet."""
+
+    trial: optuna.Trial
+    tracked: TrialRun
+    started: float  # time.perf_counter() at the start
+
+
+@dataclass
+class TrialRunner:
+    """Runs trials of one open study in this process; data and compiled models are reused across trials."""
+
+    ctx: StudyContext
+    observer: StudyObserver = field(default_factory=StudyObserver)
+    models: ModelCache = field(default_factory=ModelCache)
+    data: SplitsCache = field(default_factory=SplitsCache)
+    _open: dict[int, _Open] = field(default_factory=dict)
+    _failures: int = 0
+
+    def splits(self, config: Config) -> Splits:
+        return self.data.get(config.data)
+
+    def objective(self, trial: optuna.Trial) -> float:
+        ctx = self.ctx
+        overrides = ctx.space.suggest(trial, ctx.config)
+        out_dir = Path(ctx.opts.runs_dir) / ctx.opts.name / f"trial-{trial.number:04d}"
+        config = ctx.config.with_overrides({**overrides, "train.out_dir": str(out_dir)})
+        params = {**optim_params(config), **overrides}
+        started = time.perf_counter()  # trial_seconds include creating the MLflow run
+        tracked = ctx.tracker.trial_run(ctx.parent_run_id, study=ctx.opts.name, number=trial.number, params=params)
+        self._open[trial.number] = _Open(trial, tracked, started)
+        trial.set_user_attr("mlflow_run_id", tracked.run_id)
+        trial.set_user_attr("config", config.to_yaml())
+        trial.set_user_attr("lr", config.optim.lr)
+        self.observer.on_trial_start(trial.number, dict(trial.params), lr=config.optim.lr)
+        reporter = TrialReporter(trial, ctx.objective, self.observer)
+        try:
+            result = run(config, callbacks=[tracked, reporter], splits=self.splits(config), models=self.models)
+        except KeyboardInterrupt:
+            trial.set_user_attr(REASON, Outcome.INTERRUPTED.value)
+            raise
+        except Exception as err:
+            trial.set_user_attr(REASON, one_line(err, with_type=True, limit=500))
+            log.exception("trial %d failed", trial.number)
+            raise
+        trial.set_user_attr("test_accuracy", result.test_accuracy)
+        trial.set_user_attr("train_seconds", result.seconds)
+        ended = outcome.of_result(result)
+        if ended is Outcome.DIVERGED:
+            trial.set_user_attr(REASON, Outcome.DIVERGED.value)
+            raise optuna.TrialPruned(result.reason)
+        if ended is Outcome.PRUNED:
+            trial.set_user_attr(REASON, result.reason or Outcome.PRUNED.value)
+            raise optuna.TrialPruned(result.reason)
+        return objective_value(ctx.objective, result.history[-1])
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Optuna calls this after the trial's state is in the storage: now end its MLflow run."""
+        ended = outcome.of_trial(trial) or Outcome.FAILED
+        entry = self._open.get(trial.number)
+        seconds = time.perf_counter() - entry.started if entry is not None else 0.0
+        if entry is not None:
+            entry.tracked.finish(ended, reason=trial.user_attrs.get(REASON), trial_seconds=seconds)
+            self._open.pop(trial.number)  # only now: an interrupt during finish leaves it for _end_open_trials
+        best = None
+        with contextlib.suppress(ValueError):  # no complete trial yet
+            best = study.best_value
+        self.ctx.tracker.log_study_point(self.ctx.parent_run_id, number=trial.number, value=trial.value, best=best)
+        self.observer.on_trial_end(trial, ended, seconds)
+        self._failures = self._failures + 1 if trial.state == TrialState.FAIL else 0
+        if self._failures >= MAX_CONSECUTIVE_FAILURES:
+            log.error("%d trials failed in a row; stopping the study", self._failures)
+            study.stop()
+
+    def run(self, *, n_trials: int | None, timeout: float | None) -> optuna.Study:
+        study = self.ctx.study
+        self.splits(self.ctx.config)  # fail on data problems before the first trial starts
+        self.observer.on_study(study, space=self.ctx.space, objective=self.ctx.objective)
+        try:
+            study.optimize(
+                self.objective,
+                n_trials=n_trials,
+                timeout=timeout,
+                callbacks=[self.after_trial],
+                catch=(Exception,),
+                gc_after_trial=False,
+            )
+        except BaseException as err:
+            self._end_open_trials(study, interrupted=isinstance(err, KeyboardInterrupt))
+            raise
+        if self._failures >= MAX_CONSECUTIVE_FAILURES:
+            last = study.trials[-1].user_attrs.get(REASON, "unknown error")
+            raise UserError(f"{self._failures} trials failed in a row (last: {last}); see the log above")
+        return study
+
+    def _end_open_trials(self, study: optuna.Study, *, interrupted: bool) -> None:
+        """On the way out of optimize (Ctrl-C, or an error Optuna did not catch): record each trial still open
+        as failed in the storage first, then end its MLflow run (KILLED or FAILED), then flush the queue."""
+        ended = Outcome.INTERRUPTED if interrupted else Outcome.FAILED
+        for number, entry in list(self._open.items()):
+            try:
+                entry.trial.set_user_attr(REASON, ended.value)
+                study.tell(entry.trial, state=TrialState.FAIL, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # Optuna recorded it already (with our reason, set in the objective)
+            except Exception:
+                log.exception("could not record trial %d as %s", number, ended.value)
+            entry.tracked.finish(ended, reason=ended.value, trial_seconds=time.perf_counter() - entry.started)
+            self._open.pop(number, None)
+        self.ctx.tracker.flush()
