@@ -45,7 +45,8 @@ from pipelines.config import Config  # noqa: E402
 from pipelines.data import Splits, load_splits  # noqa: E402
 from pipelines.errors import UserError  # noqa: E402
 from pipelines.model import build_model  # noqa: E402
-from pipelines.train import ModelCache, Result, check_trainable, resolve_device, run  # noqa: E402
+from pipelines.result import Result  # noqa: E402
+from pipelines.train import ModelCache, check_trainable, resolve_device, run  # noqa: E402
 from sweeper.overrides import resolve_config  # noqa: E402
 
 __all__ = ["FLOP_PER_TRAIN_IMAGE", "VARIANTS", "bench", "format_table", "main", "measure_peak"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,9 +13,7 @@ from pipelines import plots
 from pipelines.callbacks import Callback
 from pipelines.config import Config
 from pipelines.feed import DeviceSet
-
-if TYPE_CHECKING:  # train imports this module: the annotation only
-    from pipelines.train import Result
+from pipelines.result import Result
 
 
 def write(

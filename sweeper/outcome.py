@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-    from pipelines.train import Result
+    from pipelines.result import Result
 
 REASON = "reason"  # the trial's user attribute that says why it did not complete
 

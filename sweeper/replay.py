@@ -12,7 +12,8 @@ from pipelines.callbacks import Callback
 from pipelines.config import Config
 from pipelines.data import load_splits
 from pipelines.errors import one_line
-from pipelines.train import ModelCache, Result, check_trainable, run
+from pipelines.result import Result
+from pipelines.train import ModelCache, check_trainable, run
 from sweeper import outcome
 from sweeper.outcome import Outcome
 from sweeper.overrides import resolve_config

@@ -16,7 +16,8 @@ from pipelines.config import Config
 from pipelines.data import Splits, load_splits
 from pipelines.errors import UserError
 from pipelines.model import ResNet9
-from pipelines.train import ModelCache, Result, run
+from pipelines.result import Result
+from pipelines.train import ModelCache, run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS_PER_EPOCH = 300 // 32  # the fixture's 300 training images, the last partial batch dropped
