@@ -1,7 +1,7 @@
 """The assignment-style training loop, written the way course notebooks write it: the yardstick for the fast path.
 
 Per-sample albumentations (the config's ops, then ``A.Normalize``) in DataLoader worker processes, fp32 eager
-model in NCHW, torch's ``OneCycleLR`` (through :func:`pipelines.schedules.build_scheduler`) stepped after every
+model in NCHW, torch's ``OneCycleLR`` (through :func:`pipelines.schedules.policy_scheduler`) stepped after every
 batch, and a ``.item()`` on the loss and on the correct count after every step (a host sync per step). Everything
 else -- model, optimizer hyperparameters, schedule, batch size, data -- is the config's, as in
 :func:`pipelines.train.run`, so the two loops differ only in *how* they train.
@@ -23,7 +23,7 @@ from pipelines.augment import SampleDataset
 from pipelines.config import Config
 from pipelines.data import Splits
 from pipelines.model import build_model, count_parameters
-from pipelines.schedules import build_scheduler
+from pipelines.schedules import policy_scheduler
 
 __all__ = ["BaselineResult", "run_baseline"]
 
@@ -87,7 +87,9 @@ def run_baseline(config: Config, splits: Splits, *, device: torch.device) -> Bas
         weight_decay=optim.weight_decay,
     )
     steps_per_epoch = len(train_loader)
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch=steps_per_epoch)
+    if config.schedule.warmup_epochs > 0 or config.schedule.policy == "plateau":
+        raise ValueError("the baseline steps the policy's own torch scheduler: no warm-up, no plateau")
+    scheduler = policy_scheduler(optimizer, config, steps_per_epoch=steps_per_epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
 
     epoch_seconds: list[float] = []

@@ -37,7 +37,8 @@ class Callback:
     """Base class: override what you need. Called on the training process, between steps, never inside one."""
 
     def on_start(self, *, total_steps: int, steps_per_epoch: int, lrs: Sequence[float]) -> None:
-        """Before the first step. ``lrs``: the LR of every step, known ahead of time."""
+        """Before the first step. ``lrs``: the LR of every step, known ahead of time; empty when the policy
+        decides as it goes (plateau), and then ``on_step`` tells each step's LR as used."""
 
     def on_step(self, step: int, lr: float) -> None:
         """After optimizer step ``step`` (0-based); no device value is read here, so it costs no sync."""

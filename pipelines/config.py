@@ -21,7 +21,9 @@ import yaml
 
 from pipelines.errors import UserError, one_line
 
-POLICIES = ("one_cycle", "triangular", "constant")
+POLICIES = ("one_cycle", "triangular", "constant", "step", "exponential", "cosine", "plateau")
+WARMUPS = ("constant", "linear", "exponential")
+LR_SCALINGS = ("none", "linear", "sqrt")
 ANNEALS = ("linear", "cos")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -113,21 +115,48 @@ class AugmentConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduleConfig:
-    """The learning-rate policy, updated every iteration."""
+    """The learning-rate policy, updated every iteration, and an optional warm-up before it.
 
-    policy: str = "one_cycle"  # one_cycle | triangular | constant
+    LRs are relative to the peak LR (optim.lr, scaled with the batch size when optim.lr_scaling says so).
+    Epoch-valued keys (peak_epoch, milestones) count from the start of the run, warm-up included.
+    """
+
+    policy: str = "one_cycle"  # one_cycle | triangular | constant | step | exponential | cosine | plateau
     peak_epoch: float | None = None  # One Cycle peak; unset: 5/24 of train.epochs (epoch 5 of 24)
     start_div: float = 25.0  # the cycle starts at optim.lr / start_div (torch OneCycleLR's div_factor)
-    end_div: float = 2500.0  # ... and ends at optim.lr / end_div; end_div == start_div: "no annihilation"
+    end_div: float = 2500.0  # one_cycle ends (cosine anneals) at optim.lr / end_div; == start_div: "no annihilation"
     anneal: str = "linear"  # linear | cos
     step_epochs: float = 2.0  # triangular: half-cycle length in epochs (Smith 2015's step size)
     cycle_momentum: bool = False  # cycle momentum inversely to the LR between the two bounds below
     min_momentum: float = 0.85
     max_momentum: float = 0.95
+    milestones: tuple[float, ...] = ()  # step: epochs at which the LR is multiplied by gamma, e.g. [12, 18]
+    gamma: float = 0.1  # step: factor at each milestone; exponential: factor per epoch (applied smoothly per step)
+    patience: int = 2  # plateau: epochs without improvement of the validation (else test) loss before a cut
+    factor: float = 0.5  # plateau: the LR is multiplied by this at each cut
+    min_lr: float = 0.0  # plateau: never below this LR
+    warmup: str = "linear"  # constant (hold lr / warmup_div) | linear | exponential (up from lr / warmup_div)
+    warmup_epochs: float = 0.0  # 0: no warm-up; the policy starts after it, at the LR the warm-up reached
+    warmup_div: float = 10.0  # the warm-up starts at (holds, for constant) the policy's first LR / warmup_div
 
     def __post_init__(self) -> None:
         _require(self.policy in POLICIES, f"schedule.policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         _require(self.anneal in ANNEALS, f"schedule.anneal must be one of {', '.join(ANNEALS)}, got {self.anneal!r}")
+        _require(self.warmup in WARMUPS, f"schedule.warmup must be one of {', '.join(WARMUPS)}, got {self.warmup!r}")
+        _require(
+            all(m > 0 for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
+            f"schedule.milestones must be increasing epochs > 0, got {list(self.milestones)}",
+        )
+        _require(
+            self.policy != "step" or bool(self.milestones),
+            "schedule.milestones must name at least one epoch for policy step, e.g. [12, 18]",
+        )
+        _require(0 < self.gamma <= 1, f"schedule.gamma must be in (0, 1], got {self.gamma}")
+        _require(0 < self.factor < 1, f"schedule.factor must be in (0, 1), got {self.factor}")
+        _require(self.patience >= 0, f"schedule.patience must be >= 0 epochs, got {self.patience}")
+        _require(self.min_lr >= 0, f"schedule.min_lr must be >= 0, got {self.min_lr}")
+        _require(self.warmup_epochs >= 0, f"schedule.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        _require(self.warmup_div >= 1, f"schedule.warmup_div must be >= 1, got {self.warmup_div}")
         _require(
             self.peak_epoch is None or self.peak_epoch > 0, f"schedule.peak_epoch must be > 0, got {self.peak_epoch}"
         )
@@ -150,9 +179,18 @@ class OptimConfig:
     weight_decay: float = 5e-4  # L2, coupled (torch SGD's weight_decay)
     nesterov: bool = True
     label_smoothing: float = 0.0
+    lr_scaling: str = "none"  # none | linear | sqrt: the LR trained with is lr * (B / reference_batch_size)^(1 or 1/2)
+    reference_batch_size: int = 512  # the batch size optim.lr is meant for (the recipe's)
 
     def __post_init__(self) -> None:
         _require(self.lr > 0 and math.isfinite(self.lr), f"optim.lr must be > 0, got {self.lr}")
+        _require(
+            self.lr_scaling in LR_SCALINGS,
+            f"optim.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {self.lr_scaling!r}",
+        )
+        _require(
+            self.reference_batch_size >= 1, f"optim.reference_batch_size must be >= 1, got {self.reference_batch_size}"
+        )
         _require(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
         _require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         _require(0 <= self.label_smoothing < 1, f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -191,11 +229,50 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        peak = self.schedule.peak_epoch
+        sched, epochs = self.schedule, self.train.epochs
+        peak = sched.peak_epoch
         _require(
-            peak is None or peak <= self.train.epochs,
-            f"schedule.peak_epoch must be <= train.epochs ({self.train.epochs}), got {peak}",
+            peak is None or peak <= epochs,
+            f"schedule.peak_epoch must be <= train.epochs ({epochs}), got {peak}",
         )
+        _require(
+            sched.warmup_epochs < epochs,
+            f"schedule.warmup_epochs must be shorter than the run (train.epochs = {epochs}), got {sched.warmup_epochs}",
+        )
+        if sched.policy == "step":
+            _require(
+                sched.milestones[-1] < epochs,
+                f"schedule.milestones must lie before the last epoch (train.epochs = {epochs}), "
+                f"got {list(sched.milestones)}",
+            )
+            _require(
+                sched.milestones[0] > sched.warmup_epochs,
+                f"schedule.milestones must come after the warm-up (schedule.warmup_epochs = {sched.warmup_epochs}), "
+                f"got {list(sched.milestones)}",
+            )
+        if sched.policy == "one_cycle" and sched.warmup_epochs > 0:
+            _require(
+                self.peak_epoch > sched.warmup_epochs,
+                f"schedule.peak_epoch ({self.peak_epoch:g}) must come after the warm-up "
+                f"(schedule.warmup_epochs = {sched.warmup_epochs:g})",
+            )
+        if sched.policy == "plateau":
+            _require(
+                sched.min_lr < self.effective_lr,
+                f"schedule.min_lr must be below the LR ({self.effective_lr:g}), got {sched.min_lr}",
+            )
+
+    @property
+    def lr_scale(self) -> float:
+        """What optim.lr is multiplied by for this batch size: (train.batch_size / optim.reference_batch_size) for
+        optim.lr_scaling linear (Goyal et al. 2017), its square root for sqrt (Krizhevsky 2014), else 1."""
+        ratio = self.train.batch_size / self.optim.reference_batch_size
+        return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.optim.lr_scaling]
+
+    @property
+    def effective_lr(self) -> float:
+        """The peak LR trained with: optim.lr times :attr:`lr_scale`."""
+        return self.optim.lr * self.lr_scale
 
     @property
     def peak_epoch(self) -> float:
@@ -307,6 +384,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{key} must be a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        if item in (bool, int, float, str):  # a list of scalars: each checked like a scalar key
+            return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
         return tuple(value)
     if hint is bool:
         if isinstance(value, bool):

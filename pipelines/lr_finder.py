@@ -1,8 +1,12 @@
-"""The LR range test (Smith 2015; fastai's lr_find): sweep the LR up over N real training steps, watch the loss.
+"""The two LR range tests: loss against LR (Smith 2015; fastai's lr_find) and accuracy against max LR.
 
-Written here rather than taken from torch-lr-finder because it must use this project's :class:`~pipelines.feed.Feeder`
-(device-resident uint8 data, batched augmentation; that package wants a DataLoader) and return fastai's "valley"
-suggestion, which that package lacks.
+:func:`lr_range_test` sweeps the LR up over N real training steps and watches the loss.
+:func:`accuracy_range_test` (Smith 2018, "A disciplined approach...", section 4.1) trains one short run per max
+LR with the config's own policy and compares their accuracies.
+
+The loss test is written here rather than taken from torch-lr-finder because it must use this project's
+:class:`~pipelines.feed.Feeder` (device-resident uint8 data, batched augmentation; that package wants a DataLoader)
+and return fastai's "valley" suggestion, which that package lacks.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +23,14 @@ import torch
 from torch import nn
 
 from pipelines import plots
+from pipelines.callbacks import Callback
 from pipelines.config import Config
 from pipelines.data import Splits, load_splits
 from pipelines.errors import UserError
 from pipelines.feed import Feeder
 from pipelines.model import build_model
-from pipelines.train import autocast, resolve_device
+from pipelines.result import Result
+from pipelines.train import ModelCache, autocast, check_trainable, resolve_device, run
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +193,79 @@ def valley(lrs: np.ndarray, losses: np.ndarray) -> float:
     sections = (max_end - max_start) / 3
     idx = max_start + int(sections) + int(sections / 2)
     return float(lrs[min(max(idx, 0), n - 1)])
+
+
+# -- accuracy against max LR ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccuracyPoint:
+    lr: float  # the run's max LR (optim.lr)
+    accuracy: float  # after the last epoch run, on the validation split (else the test set)
+    status: str  # the run's: complete | diverged | stopped
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccuracyRangeResult:
+    points: tuple[AccuracyPoint, ...]
+    metric: str  # "val" (data.val_size > 0) or "test"
+    epochs: int
+    suggested_lr: float  # the LR of the best accuracy
+    plot: Path | None
+
+    def to_dict(self) -> dict:
+        return {
+            "metric": "accuracy",
+            "split": self.metric,
+            "epochs": self.epochs,
+            "points": [{"lr": p.lr, "accuracy": p.accuracy, "status": p.status} for p in self.points],
+            "suggested_lr": self.suggested_lr,
+            "plot": str(self.plot) if self.plot else None,
+        }
+
+
+def accuracy_range_test(
+    config: Config,
+    *,
+    lrs: Sequence[float],
+    epochs: int = 5,
+    splits: Splits | None = None,
+    callbacks: Callable[[int, Config], Sequence[Callback]] | None = None,
+    on_result: Callable[[int, Config, Result], None] | None = None,
+    plot_path: Path | None = None,
+) -> AccuracyRangeResult:
+    """One ``epochs``-epoch run per max LR in ``lrs`` (as optim.lr: scaled with the batch size if the config says
+    so), each with the config's policy, augmentation and seed; accuracy on the validation split, else the test set.
+
+    ``callbacks(i, config)`` gives run i's callbacks (progress, tracking); ``on_result(i, config, result)`` hears
+    how it ended. A run that diverges scores the accuracy it had; the best accuracy suggests the LR.
+    """
+    if len(lrs) < 2 or any(not (lr > 0 and math.isfinite(lr)) for lr in lrs):
+        raise UserError(f"the accuracy range test needs at least 2 LRs, all > 0, got {list(lrs)}")
+    if epochs < 1:
+        raise UserError(f"the accuracy range test needs at least 1 epoch, got {epochs}")
+    configs = [config.with_overrides({"optim.lr": float(lr), "train.epochs": epochs}) for lr in sorted(lrs)]
+    splits = splits or load_splits(config.data)
+    check_trainable(configs[0], splits)
+    metric = "val" if splits.val is not None else "test"
+    models = ModelCache()  # one model for all runs, re-initialised from train.seed each time
+    points = []
+    for i, cfg in enumerate(configs):
+        result = run(cfg, callbacks=callbacks(i, cfg) if callbacks else (), splits=splits, models=models,
+                     write_outputs=False)  # fmt: skip
+        if on_result is not None:
+            on_result(i, cfg, result)
+        last = result.history[-1]
+        accuracy = last.val_accuracy if metric == "val" and last.val_accuracy is not None else last.test_accuracy
+        points.append(AccuracyPoint(lr=cfg.optim.lr, accuracy=accuracy, status=result.status))
+    best = max(points, key=_accuracy)
+    plot = None
+    if plot_path is not None:
+        plot = plots.plot_accuracy_range(
+            [p.lr for p in points], [p.accuracy for p in points], plot_path, best=best.lr, metric=metric, epochs=epochs
+        )
+    return AccuracyRangeResult(points=tuple(points), metric=metric, epochs=epochs, suggested_lr=best.lr, plot=plot)
+
+
+def _accuracy(point: AccuracyPoint) -> float:
+    return point.accuracy

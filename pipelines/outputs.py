@@ -27,7 +27,8 @@ def write(
 ) -> dict[str, Path]:
     """Write the run's files into train.out_dir, each reported to ``cb.on_artifact``; name -> path of each.
 
-    config.yaml (the resolved config), metrics.json (summary, parameter count, per-epoch history), model.pt
+    config.yaml (the resolved config), metrics.json (summary, parameter count, peak LR, per-epoch history and
+    every step's LR), model.pt
     (when train.save_model) and plots/: lr_schedule.png, curves.png (when an epoch ran) and misclassified.png
     (when ``test_predictions``, int64 (N,) on the test set's device, is given).
     """
@@ -41,7 +42,14 @@ def write(
 
     (out / "config.yaml").write_text(config.to_yaml())
     emit("config.yaml", out / "config.yaml")
-    metrics = {"summary": result.summary(), "params": result.params, "history": [m.as_dict() for m in result.history]}
+    metrics = {
+        "summary": result.summary(),
+        "params": result.params,
+        "lr": config.effective_lr,  # the peak LR trained with (optim.lr, scaled with the batch size if asked)
+        "history": [m.as_dict() for m in result.history],
+        "steps_per_epoch": result.steps_per_epoch,
+        "lrs": list(result.lrs),  # every step's LR as used (plateau's cuts included): `sweeper plot schedule --run`
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     emit("metrics.json", out / "metrics.json")
     if config.train.save_model:

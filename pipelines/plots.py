@@ -122,6 +122,25 @@ def plot_lr_finder(
     return _save(fig, path)
 
 
+def plot_accuracy_range(
+    lrs: Sequence[float], accuracies: Sequence[float], path: Path, *, best: float, metric: str, epochs: int
+) -> Path:
+    """Accuracy after ``epochs`` epochs against the run's max LR (log x), the best LR marked."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(lrs, 100 * np.asarray(accuracies), "o-", color="tab:blue", lw=1.6)
+    ax.set_xscale("log")
+    top = int(np.argmax(np.asarray(lrs) == best))
+    ax.plot(best, 100 * accuracies[top], "o", color="tab:red", ms=11, zorder=3, label=f"best: lr {best:.3g}")
+    ax.set(
+        xlabel="max learning rate (optim.lr)",
+        ylabel=f"{metric} accuracy (%)",
+        title=f"Accuracy range test: {metric} accuracy after {epochs} epoch{'' if epochs == 1 else 's'}",
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _save(fig, path)
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 Hot path rules (why it is fast): batches come from :class:`~pipelines.feed.Feeder` (uint8 data on the device,
 augmented a whole epoch at a time); losses and correct counts are summed on the device and read once per epoch
-(no host sync per step); bf16 autocast and channels_last on CUDA; the LR curve is known ahead of time.
+(no host sync per step); bf16 autocast and channels_last on CUDA; every step's LR is known ahead of time and
+set as a float (no scheduler in the loop; plateau's cuts are decided at epoch ends, from the one host read).
 What a run writes to train.out_dir is :mod:`pipelines.outputs`.
 """
 
@@ -27,7 +28,7 @@ from pipelines.errors import UserError
 from pipelines.feed import DeviceSet, Feeder
 from pipelines.model import build_model, count_parameters, reset_parameters
 from pipelines.result import Result
-from pipelines.schedules import build_scheduler, schedule_curve
+from pipelines.schedules import Plateau, schedule_curve
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +104,22 @@ def run(
     total_steps = steps_per_epoch * config.train.epochs
 
     model, runner = (models or ModelCache()).get(config, num_classes=len(splits.classes), device=device)
+    curve = schedule_curve(config, steps_per_epoch=steps_per_epoch)  # every step's LR, known ahead (torch's schedulers)
+    plateau = Plateau(config) if curve.adaptive else None
+    scale = 1.0  # plateau's cuts so far, a factor on the planned LR
+    lrs = list(curve.lrs)  # the LRs used: the plan, times plateau's cuts from where they were made
     optimizer = torch.optim.SGD(
         model.parameters(),
-        lr=config.optim.lr,
-        momentum=config.optim.momentum,
+        lr=curve.lrs[0],
+        momentum=curve.momenta[0],
         nesterov=config.optim.nesterov,
         weight_decay=config.optim.weight_decay,
         fused=device.type == "cuda",  # one kernel for the whole update
     )
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch=steps_per_epoch)
-    curve = schedule_curve(config, steps_per_epoch=steps_per_epoch)
+    group = optimizer.param_groups[0]
     criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
     feeder = Feeder(config, splits, device)
-    cb.on_start(total_steps=total_steps, steps_per_epoch=steps_per_epoch, lrs=curve.lrs)
+    cb.on_start(total_steps=total_steps, steps_per_epoch=steps_per_epoch, lrs=() if curve.adaptive else curve.lrs)
 
     history: list[EpochMetrics] = []
     status, reason = "complete", None
@@ -129,18 +133,20 @@ def run(
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         for x, y in feeder.epoch():
+            group["lr"] = lrs[step]  # a float the optimizer reads: no scheduler in the loop
+            if curve.cycles_momentum:
+                group["momentum"] = curve.momenta[step]
             with autocast(device):
                 logits = runner(x)
                 loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
             # Summed on the device: read once at epoch end, so no step waits for the GPU.
             loss_sum += loss.detach().float() * y.shape[0]
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.shape[0]
-            cb.on_step(step, curve.lrs[step])
+            cb.on_step(step, lrs[step])
             step += 1
         loss_total, correct_total = torch.stack([loss_sum, correct.float()]).tolist()  # the epoch's one host sync
         train_loss = loss_total / max(seen, 1)
@@ -162,7 +168,7 @@ def run(
             test_accuracy=test.accuracy,
             val_loss=val.loss if val else None,
             val_accuracy=val.accuracy if val else None,
-            lr=curve.lrs[step - 1],
+            lr=lrs[step - 1],
             seconds=epoch_seconds,
             eval_seconds=epoch_eval,
         )
@@ -176,12 +182,17 @@ def run(
         if stop:
             status, reason = "stopped", stop
             break
+        if plateau is not None and step >= curve.warmup_steps:  # cuts start once the warm-up is over
+            new_scale = plateau.step(val.loss if val else test.loss)
+            if new_scale != scale:
+                scale = new_scale
+                lrs[step:] = [lr * scale for lr in curve.lrs[step:]]
 
     result = Result(
         status=status,
         reason=reason,
         history=tuple(history),
-        lrs=curve.lrs,
+        lrs=tuple(lrs),
         steps_per_epoch=steps_per_epoch,
         seconds=train_seconds,
         eval_seconds=eval_seconds,

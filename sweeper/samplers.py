@@ -37,8 +37,9 @@ def make_sampler(name: str, space: Space, *, seed: int | None) -> optuna.sampler
     kind = _choice(SamplerName, name, "sampler")
     if kind is SamplerName.tpe:
         # multivariate: models the (effective_decay, rho, alpha) interactions; constant liar: parallel workers
-        # don't all sample the same point while trials are running.
-        return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed)
+        # don't all sample the same point while trials are running; group: a conditional space (when:) is
+        # modelled per set of parameters that occur together, rather than falling back to independent sampling.
+        return optuna.samplers.TPESampler(multivariate=True, group=space.conditional, constant_liar=True, seed=seed)
     if kind is SamplerName.random:
         return optuna.samplers.RandomSampler(seed=seed)
     if kind is SamplerName.cmaes:

@@ -12,15 +12,21 @@ A space file looks like::
       weight_decay: {type: float, low: 5.0e-5, high: 5.0e-3, log: true}
       optim.label_smoothing: {type: categorical, choices: [0.0, 0.1, 0.2]}
       train.epochs: {type: int, low: 10, high: 24, step: 2}
+      schedule.policy: {type: categorical, choices: [one_cycle, step]}
+      schedule.milestones: {type: categorical, choices: [[12, 18], [16, 20]], when: {schedule.policy: step}}
 
 Short names: ``lr``, ``momentum``, ``weight_decay`` map to ``optim.*``; ``effective_decay`` is derived.
-Any other name must be a dotted config key (``sweeper config show`` lists them).
+Any other name must be a dotted config key (``sweeper config show`` lists them). ``when`` makes a parameter
+conditional (Optuna's define-by-run): it is suggested only in trials where each named categorical parameter
+took one of the given values (those are suggested first, whatever the order in the file). Categorical choices
+may be lists (e.g. milestones); Optuna records them by a text label such as ``[12, 18]``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +71,16 @@ class Param:
     log: bool = False
     step: float | None = None
     choices: tuple[Any, ...] = ()
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (earlier parameter, the values that make this one apply)
+
+    @property
+    def labels(self) -> list[Any]:
+        """The categorical choices as Optuna records them: scalars as they are, lists as text like ``[12, 18]``."""
+        return [_label(c) for c in self.choices]
+
+    def applies(self, values: Mapping[str, Any]) -> bool:
+        """Whether this parameter is searched in a trial that drew ``values`` (by space name) so far."""
+        return all(name in values and values[name] in allowed for name, allowed in self.when)
 
     @property
     def key(self) -> str | None:
@@ -75,14 +91,15 @@ class Param:
 
     def suggest(self, trial: optuna.Trial) -> Any:
         if self.type == "categorical":
-            return trial.suggest_categorical(self.name, list(self.choices))
+            labels = self.labels
+            return self.choices[labels.index(trial.suggest_categorical(self.name, labels))]
         if self.type == "int":
             return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
 
     def grid(self) -> list[Any]:
         if self.type == "categorical":
-            return list(self.choices)
+            return self.labels
         assert self.low is not None and self.high is not None
         if self.step is not None:  # on the step lattice, as Optuna's distributions require
             count = round((self.high - self.low) / self.step) + 1
@@ -107,6 +124,11 @@ class Space:
     def names(self) -> list[str]:
         return [p.name for p in self.params]
 
+    @property
+    def conditional(self) -> bool:
+        """Whether some parameter is searched only in some trials (``when``)."""
+        return any(p.when for p in self.params)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for p in self.params:
@@ -119,6 +141,8 @@ class Space:
                     spec["log"] = True
                 if p.step is not None:
                     spec["step"] = p.step
+            if p.when:
+                spec["when"] = {name: list(allowed) for name, allowed in p.when}
             out[p.name] = spec
         return {"params": out}
 
@@ -126,13 +150,17 @@ class Space:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def suggest(self, trial: optuna.Trial, base: Config) -> dict[str, Any]:
-        """Sample every parameter; return the config overrides (dotted key -> value), lr derived if needed."""
-        values = {p.name: p.suggest(trial) for p in self.params}
+        """Sample every parameter that applies, in order (define-by-run); return the config overrides (dotted
+        key -> value), lr derived if needed."""
+        values: dict[str, Any] = {}
+        for p in self.params:
+            if p.applies(values):
+                values[p.name] = p.suggest(trial)
         return self.overrides(values, base)
 
     def overrides(self, values: Mapping[str, Any], base: Config) -> dict[str, Any]:
         """Sampled values (by space name) -> config overrides; effective_decay -> optim.lr = ed*(1-rho)/alpha."""
-        out = {p.key: values[p.name] for p in self.params if p.key is not None}
+        out = {p.key: values[p.name] for p in self.params if p.key is not None and p.name in values}
         if EFFECTIVE_DECAY in values:
             rho = out.get("optim.momentum", base.optim.momentum)
             alpha = out.get("optim.weight_decay", base.optim.weight_decay)
@@ -140,6 +168,11 @@ class Space:
         return out
 
     def grid(self) -> dict[str, list[Any]]:
+        if self.conditional:
+            raise UserError(
+                f"space {self.source} has conditional parameters (when): the grid sampler cannot search it; "
+                "use --sampler tpe or random"
+            )
         return {p.name: p.grid() for p in self.params}
 
     def lr_finder_point(self, lr: float, base: Config) -> dict[str, float]:
@@ -158,14 +191,41 @@ class Space:
             if p.key is None:
                 continue
             for value in p.choices if p.type == "categorical" else (p.low, p.high):
+                value = int(value) if p.type == "int" else value
                 try:
-                    base.with_overrides({p.key: int(value) if p.type == "int" else value})
+                    base.with_overrides({**self._companions(p, value), p.key: value})
                 except UserError as err:
                     raise UserError(f"space {self.source}: {p.name} = {value!r} is invalid: {err}") from err
         names = set(self.names)
         searches_decay = "weight_decay" in names or "optim.weight_decay" in names
         if EFFECTIVE_DECAY in names and not searches_decay and base.optim.weight_decay <= 0:
             raise UserError("space: effective_decay needs weight_decay > 0 (sample it or set optim.weight_decay)")
+
+    def _companions(self, param: Param, value: Any) -> dict[str, Any]:
+        """Overrides a value is checked with: the values its own conditions name, and a first value of each
+        conditional parameter that applies along with them (e.g. milestones with policy step)."""
+        drawn = {name: allowed[0] for name, allowed in param.when}
+        drawn[param.name] = value
+        out = {}
+        for q in self.params:
+            if q is param or q.key is None:
+                continue
+            if q.name in drawn and q.name != param.name:
+                out[q.key] = drawn[q.name]
+            elif q.when and q.applies(drawn):
+                out[q.key] = q.choices[0] if q.type == "categorical" else _first(q)
+        return out
+
+
+def _first(param: Param) -> Any:
+    return int(param.low) if param.type == "int" else param.low
+
+
+def _label(choice: Any) -> Any:
+    """A categorical choice as Optuna can store it: None, bool, int, float and str as they are, others as text."""
+    if choice is None or isinstance(choice, (bool, int, float, str)):
+        return choice
+    return yaml.safe_dump(choice, default_flow_style=True).strip()
 
 
 def lr_from_effective_decay(effective_decay: float, *, momentum: float, weight_decay: float) -> float:
@@ -181,14 +241,19 @@ def effective_decay(*, lr: float, momentum: float, weight_decay: float) -> float
 
 
 def optim_params(config: Config) -> dict[str, float]:
-    """The four numbers every trial and replay logs: effective_decay, momentum, weight_decay, lr."""
+    """The numbers every trial and replay logs: effective_decay, momentum, weight_decay and lr, the peak LR trained
+    with; with optim.lr_scaling also lr_reference, optim.lr itself. effective_decay is taken at the reference batch
+    size (optim.lr), as the space samples it."""
     optim = config.optim
-    return {
+    params = {
         "effective_decay": effective_decay(lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay),
         "momentum": optim.momentum,
         "weight_decay": optim.weight_decay,
-        "lr": optim.lr,
+        "lr": config.effective_lr,
     }
+    if optim.lr_scaling != "none":
+        params["lr_reference"] = optim.lr
+    return params
 
 
 def load_space(spec: str | Path | None) -> Space:
@@ -228,7 +293,7 @@ def parse_space(raw: Any, *, source: str) -> Space:
             )
         if not isinstance(spec, Mapping):
             raise UserError(f"{where}: spec must be a mapping like {{type: float, low: 0.1, high: 1.0}}")
-        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices"}
+        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices", "when"}
         if unknown:
             raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}")
         kind = spec.get("type", "categorical" if "choices" in spec else "float")
@@ -238,7 +303,7 @@ def parse_space(raw: Any, *, source: str) -> Space:
             choices = spec.get("choices")
             if not isinstance(choices, list) or not choices:
                 raise UserError(f"{where}: categorical needs a non-empty 'choices' list")
-            params.append(Param(name, kind, choices=tuple(choices)))
+            params.append(Param(name, kind, choices=tuple(_frozen(c) for c in choices)))
             continue
         low, high = spec.get("low"), spec.get("high")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
@@ -263,4 +328,46 @@ def parse_space(raw: Any, *, source: str) -> Space:
         raise UserError(f"space {source}: a config key is searched twice")
     if EFFECTIVE_DECAY in [p.name for p in params] and "optim.lr" in keys:
         raise UserError(f"space {source}: search effective_decay or lr, not both (lr is derived from effective_decay)")
-    return Space(tuple(params), source)
+    conditions = {
+        p.name: _parse_when(raw["params"][p.name].get("when"), params, f"space {source}: {p.name}") for p in params
+    }
+    params = [dataclasses.replace(p, when=conditions[p.name]) for p in params]
+    return Space(_in_dependency_order(params, source), source)
+
+
+def _parse_when(raw: Any, params: Sequence[Param], where: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """``when: {name: value or [values], ...}`` -> conditions on other categorical parameters of the space."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping) or not raw:
+        raise UserError(f"{where}: when must map categorical parameters to values, e.g. {{schedule.policy: step}}")
+    by_name = {p.name: p for p in params}
+    conditions = []
+    for name, values in raw.items():
+        param = by_name.get(name)
+        if param is None or param.type != "categorical" or name == where.rpartition(": ")[2]:
+            raise UserError(f"{where}: when names {name!r}, which is not another categorical parameter of the space")
+        allowed = tuple(_frozen(v) for v in (values if isinstance(values, list) else [values]))
+        missing = [v for v in allowed if v not in param.choices]
+        if missing:
+            raise UserError(f"{where}: when {name} = {missing[0]!r}, which is not one of its choices")
+        conditions.append((name, allowed))
+    return tuple(conditions)
+
+
+def _frozen(value: Any) -> Any:
+    """YAML lists as tuples (hashable, and what the config's list keys hold)."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
+def _in_dependency_order(params: list[Param], source: str) -> tuple[Param, ...]:
+    """The parameters as written, except that each comes after those its ``when`` names (suggested first)."""
+    placed: list[Param] = []
+    waiting = list(params)
+    while waiting:
+        ready = [p for p in waiting if all(name in {q.name for q in placed} for name, _ in p.when)]
+        if not ready:
+            raise UserError(f"space {source}: the when conditions of {', '.join(p.name for p in waiting)} form a loop")
+        placed.append(ready[0])
+        waiting.remove(ready[0])
+    return tuple(placed)

@@ -182,9 +182,10 @@ def open_study(plan: StudyPlan) -> StudyContext:
 
 def enqueue_lr_finder(ctx: StudyContext, splits: Splits) -> float:
     """Run the LR range test on the study's config and enqueue a trial at its suggested LR (the config's
-    momentum and weight decay); returns that LR."""
+    momentum and weight decay); returns that LR (the one to train with, at the config's batch size)."""
     found = lr_range_test(ctx.config, splits=splits)
-    params = ctx.space.lr_finder_point(found.max_lr, ctx.config)
+    # the range test finds the LR to train with; the space's LR is the one at the reference batch size
+    params = ctx.space.lr_finder_point(found.max_lr / ctx.config.lr_scale, ctx.config)
     ctx.study.enqueue_trial(params, user_attrs={"source": "lr_finder"}, skip_if_exists=True)
     return found.max_lr
 

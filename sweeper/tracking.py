@@ -116,7 +116,11 @@ class Tracker:
         )
         if runs:
             return runs[0].info.run_id
-        run = self.client.create_run(self.experiment_id, tags={ROLE: "study", STUDY_TAG: study}, run_name=study)
+        return self.new_parent_run(study, role="study", params=params)
+
+    def new_parent_run(self, name: str, *, role: str, params: Mapping[str, Any] | None = None) -> str:
+        """A new top-level run tagged ``sweeper.role`` = ``role`` and ``sweeper.study`` = ``name``; its id."""
+        run = self.client.create_run(self.experiment_id, tags={ROLE: role, STUDY_TAG: name}, run_name=name)
         if params:
             self.client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
         return run.info.run_id
@@ -186,6 +190,7 @@ class TrialRun(Callback):
         self.started = time.perf_counter()
         self.finished = False
         self.keep_weights = False  # log model.pt too (replays keep their weights; trials leave them on disk)
+        self._steps: list[tuple[int, float]] | None = None  # LRs as used, when they were not known ahead
 
     def _submit(self, op: dict[str, Any]) -> None:
         t0 = time.perf_counter()
@@ -197,13 +202,25 @@ class TrialRun(Callback):
             self._submit({"op": "batch", "params": [[k, _param(v)] for k, v in params.items()]})
 
     def on_start(self, *, total_steps: int, steps_per_epoch: int, lrs: Sequence[float]) -> None:
-        """The LR of every iteration (step = iteration), known before training: sent in batches of 1000."""
+        """The LR of every iteration (step = iteration), known before training: sent in batches of 1000. When
+        the policy decides as it goes (plateau), the LRs used are collected and sent at each epoch's end."""
+        self._send_lrs(list(enumerate(lrs)))
+        self._steps = None if lrs else []
+
+    def on_step(self, step: int, lr: float) -> None:
+        if self._steps is not None:
+            self._steps.append((step, lr))
+
+    def _send_lrs(self, steps: list[tuple[int, float]]) -> None:
         ts = _now_ms()
-        metrics = [["lr", float(lr), ts, step] for step, lr in enumerate(lrs)]
+        metrics = [["lr", float(lr), ts, step] for step, lr in steps]
         for start in range(0, len(metrics), MAX_BATCH):
             self._submit({"op": "batch", "metrics": metrics[start : start + MAX_BATCH]})
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
+        if self._steps:
+            self._send_lrs(self._steps)
+            self._steps = []
         ts = _now_ms()
         values = {
             "train_loss": metrics.train_loss,

@@ -97,8 +97,8 @@ class TrialRunner:
         self._open[trial.number] = _Open(trial, tracked, started)
         trial.set_user_attr("mlflow_run_id", tracked.run_id)
         trial.set_user_attr("config", config.to_yaml())
-        trial.set_user_attr("lr", config.optim.lr)
-        self.observer.on_trial_start(trial.number, dict(trial.params), lr=config.optim.lr)
+        trial.set_user_attr("lr", config.effective_lr)  # the peak LR trained with
+        self.observer.on_trial_start(trial.number, dict(trial.params), lr=config.effective_lr)
         reporter = TrialReporter(trial, ctx.objective, self.observer)
         try:
             result = run(config, callbacks=[tracked, reporter], splits=self.splits(config), models=self.models)

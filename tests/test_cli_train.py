@@ -161,6 +161,115 @@ def test_plot_schedule_with_a_batch_bigger_than_the_data_exits_2(tmp_path: Path)
     assert not (tmp_path / "f.png").exists()
 
 
+POLICIES = ("one_cycle", "triangular", "constant", "step", "exponential", "cosine", "plateau")
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("warmup", ["none", "constant", "linear", "exponential"])
+def test_plot_schedule_draws_every_policy_with_and_without_warmup(tmp_path: Path, policy: str, warmup: str) -> None:
+    out = tmp_path / f"{policy}-{warmup}.png"
+    sets = [f"schedule.policy={policy}", "schedule.milestones=[12, 18]"]
+    if warmup != "none":
+        sets += [f"schedule.warmup={warmup}", "schedule.warmup_epochs=2"]
+    result = invoke("plot", "schedule", "--out", str(out), "--set", *sets)
+    assert result.exit_code == 0, result.output
+    assert_png(out)
+
+
+def test_plot_schedule_from_a_run_draws_the_lrs_it_used(image_folder: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    trained = invoke(
+        "train", "--data", str(image_folder), "--out", str(run_dir), "--set", *TINY, "train.epochs=2",
+        "schedule.policy=plateau", "schedule.patience=0",
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    out = tmp_path / "used.png"
+    result = invoke("plot", "schedule", "--run", str(run_dir), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert_png(out)
+    recorded = json.loads((run_dir / "metrics.json").read_text())
+    assert len(recorded["lrs"]) == 2 * recorded["steps_per_epoch"]
+
+
+def test_plot_schedule_from_a_folder_without_a_run_exits_2(tmp_path: Path) -> None:
+    result = invoke("plot", "schedule", "--run", str(tmp_path), "--out", str(tmp_path / "f.png"))
+    assert_user_error(result, "metrics.json", "--run")
+    assert not (tmp_path / "f.png").exists()
+
+
+def test_config_show_prints_the_lr_scaled_with_the_batch_size() -> None:
+    result = invoke("config", "show", "--set", "optim.lr_scaling=linear", "train.batch_size=128")
+    cfg = shown(result)
+    assert cfg.optim.lr == 0.4 and cfg.effective_lr == pytest.approx(0.1)
+    assert result.stdout.strip().splitlines()[-1].startswith("# effective lr: 0.1 = optim.lr 0.4 x 0.25 (linear")
+    plain = invoke("config", "show")
+    assert plain.stdout.strip().splitlines()[-1] == "# effective lr: 0.4"
+
+
+# --- accuracy range test ----------------------------------------------------------------------------------------
+
+
+def test_lr_find_accuracy_trains_one_run_per_lr_and_suggests_the_best(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lrf"
+    result = invoke(
+        "lr-find", "--metric", "accuracy", "--epochs", "2", "--lrs", "0.4,0.02,0.1", "--json",
+        "--data", str(image_folder), "--set", *TINY, "data.val_size=60", f"train.out_dir={out}",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = strict_json(result.stdout)
+    assert payload["metric"] == "accuracy" and payload["split"] == "val" and payload["epochs"] == 2
+    assert [p["lr"] for p in payload["points"]] == [0.02, 0.1, 0.4]  # in order of LR
+    accuracies = {p["lr"]: p["accuracy"] for p in payload["points"]}
+    assert payload["suggested_lr"] == max(accuracies, key=accuracies.get)
+    assert all(0 <= a <= 1 for a in accuracies.values())
+    assert Path(payload["plot"]) == out / "lr_accuracy.png"
+    assert_png(out / "lr_accuracy.png")
+
+
+def test_lr_find_accuracy_logs_a_parent_and_one_child_per_lr(image_folder: Path, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from sweeper.urls import absolute_sqlite
+
+    result = invoke(
+        "lr-find", "--metric", "accuracy", "--epochs", "1", "--min-lr", "0.01", "--max-lr", "1", "--points", "3",
+        "--tracking-uri", "sqlite:///mlflow.db", "--json", "--data", str(image_folder), "--set", *TINY,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = strict_json(result.stdout)
+    assert [p["lr"] for p in payload["points"]] == pytest.approx([0.01, 0.1, 1.0])
+    assert payload["split"] == "test"  # no validation split held out
+    client = MlflowClient(absolute_sqlite("sqlite:///mlflow.db"))
+    experiment = client.get_experiment_by_name("lr-find")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`sweeper.role` = 'lr_range'")
+    assert parent.info.run_id == payload["mlflow_parent_run_id"] and parent.info.status == "FINISHED"
+    assert float(parent.data.tags["sweeper.suggested_lr"]) == pytest.approx(payload["suggested_lr"])
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["lr_accuracy.png"]
+    points = client.get_metric_history(parent.info.run_id, "objective")
+    assert [m.value for m in sorted(points, key=lambda m: m.step)] == [p["accuracy"] for p in payload["points"]]
+    children = client.search_runs([experiment.experiment_id], "tags.`sweeper.role` = 'lr_point'")
+    assert sorted(float(r.data.params["lr"]) for r in children) == pytest.approx([0.01, 0.1, 1.0])
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id and run.info.status == "FINISHED"
+        assert run.data.metrics["test_accuracy"] == pytest.approx(
+            next(p["accuracy"] for p in payload["points"] if p["lr"] == pytest.approx(float(run.data.params["lr"])))
+        )
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--lrs", "0.1,fast"], ["--lrs", "'0.1,fast'"]),
+        (["--lrs", "0.1"], ["at least 2 LRs"]),
+        (["--points", "1"], ["--points must be >= 2"]),
+        (["--epochs", "0"], ["at least 1 epoch"]),
+    ],
+)
+def test_lr_find_accuracy_with_bad_options_exits_2(image_folder: Path, args: list[str], fragments: list[str]) -> None:
+    result = invoke("lr-find", "--metric", "accuracy", *args, "--data", str(image_folder), "--set", *TINY)
+    assert_user_error(result, *fragments)
+
+
 # --- train ------------------------------------------------------------------------------------------------------
 
 
@@ -269,3 +378,16 @@ def test_quarter_width_resnet_reaches_50_percent_on_cifar10_subset_in_4_cpu_epoc
     print(f"\nCIFAR-10 acceptance: {json.dumps(summary)}")  # noqa: T201 - the numbers reached, in the CI log
     assert summary["status"] == "complete"
     assert summary["test_accuracy"] >= 0.50
+
+
+def test_train_records_the_lr_scaled_with_the_batch_size(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = invoke(
+        "train", "--json", "--data", str(image_folder), "--out", str(out), "--set", *TINY, "train.epochs=1",
+        "optim.lr_scaling=linear", "schedule.policy=constant",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((out / "metrics.json").read_text())
+    assert recorded["lr"] == pytest.approx(0.4 * 32 / 512)  # optim.lr at batch 512, trained at batch 32
+    assert recorded["lrs"] == pytest.approx([0.025] * recorded["steps_per_epoch"])
+    assert recorded["history"][0]["lr"] == pytest.approx(0.025)

@@ -92,7 +92,12 @@ def test_unknown_key_in_yaml_is_rejected_naming_it() -> None:
         ("train.epochs", 0, "train.epochs must be >= 1, got 0"),
         ("train.batch_size", 0, "train.batch_size must be >= 1, got 0"),
         ("schedule.peak_epoch", 30.0, "schedule.peak_epoch must be <= train.epochs (24), got 30.0"),
-        ("schedule.policy", "step", "schedule.policy must be one of one_cycle, triangular, constant, got 'step'"),
+        (
+            "schedule.policy",
+            "steps",
+            "schedule.policy must be one of one_cycle, triangular, constant, step, exponential, cosine, plateau, "
+            "got 'steps'",
+        ),
         ("schedule.anneal", "exp", "schedule.anneal must be one of linear, cos, got 'exp'"),
         ("train.device", "tpu", "train.device must be one of auto, cpu, cuda, got 'tpu'"),
     ],
@@ -112,7 +117,7 @@ def test_validation_also_runs_on_direct_construction() -> None:
     with pytest.raises(UserError, match=r"optim.momentum must be in \[0, 1\), got 1.5"):
         OptimConfig(momentum=1.5)
     with pytest.raises(UserError, match=re.escape("schedule.policy")):
-        ScheduleConfig(policy="step")
+        ScheduleConfig(policy="cyclic")
     with pytest.raises(UserError, match=re.escape("peak_epoch must be <= train.epochs")):
         Config(schedule=ScheduleConfig(peak_epoch=5), train=TrainConfig(epochs=4))
 
@@ -164,3 +169,62 @@ def test_config_keys_lists_every_dotted_key() -> None:
     keys = config_keys()
     assert {"optim.lr", "train.epochs", "schedule.peak_epoch", "model.width", "augment.ops"} <= set(keys)
     assert len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"schedule.policy": "step"},
+            "schedule.milestones must name at least one epoch for policy step, e.g. [12, 18]",
+        ),
+        (
+            {"schedule.policy": "step", "schedule.milestones": [12, 30]},
+            "schedule.milestones must lie before the last epoch (train.epochs = 24), got [12.0, 30.0]",
+        ),
+        ({"schedule.milestones": [18, 12]}, "schedule.milestones must be increasing epochs > 0, got [18.0, 12.0]"),
+        ({"schedule.milestones": ["x"]}, "schedule.milestones[0] must be a number, got 'x'"),
+        (
+            {"schedule.policy": "step", "schedule.milestones": [2], "schedule.warmup_epochs": 3},
+            "schedule.milestones must come after the warm-up (schedule.warmup_epochs = 3.0), got [2.0]",
+        ),
+        ({"schedule.gamma": 0}, "schedule.gamma must be in (0, 1], got 0.0"),
+        ({"schedule.gamma": 1.5}, "schedule.gamma must be in (0, 1], got 1.5"),
+        ({"schedule.factor": 1}, "schedule.factor must be in (0, 1), got 1.0"),
+        ({"schedule.factor": 0}, "schedule.factor must be in (0, 1), got 0.0"),
+        ({"schedule.patience": -1}, "schedule.patience must be >= 0 epochs, got -1"),
+        ({"schedule.policy": "plateau", "schedule.min_lr": 1.0}, "schedule.min_lr must be below the LR (0.4), got 1.0"),
+        (
+            {"schedule.warmup_epochs": 24},
+            "schedule.warmup_epochs must be shorter than the run (train.epochs = 24), got 24.0",
+        ),
+        ({"schedule.warmup_epochs": -1}, "schedule.warmup_epochs must be >= 0, got -1.0"),
+        ({"schedule.warmup": "cosine"}, "schedule.warmup must be one of constant, linear, exponential, got 'cosine'"),
+        ({"schedule.warmup_div": 0.5}, "schedule.warmup_div must be >= 1, got 0.5"),
+        (
+            {"schedule.warmup_epochs": 6},
+            "schedule.peak_epoch (5) must come after the warm-up (schedule.warmup_epochs = 6)",
+        ),
+        ({"optim.lr_scaling": "log"}, "optim.lr_scaling must be one of none, linear, sqrt, got 'log'"),
+        ({"optim.reference_batch_size": 0}, "optim.reference_batch_size must be >= 1, got 0"),
+    ],
+)
+def test_schedule_and_lr_scaling_keys_are_validated_naming_the_key(overrides: dict, message: str) -> None:
+    with pytest.raises(UserError) as info:
+        Config().with_overrides(overrides)
+    assert str(info.value) == message
+
+
+def test_every_new_key_round_trips_through_yaml() -> None:
+    cfg = Config().with_overrides(
+        {
+            "schedule.policy": "step",
+            "schedule.milestones": [10, 20],
+            "schedule.gamma": 0.2,
+            "schedule.warmup": "exponential",
+            "schedule.warmup_epochs": 1.5,
+            "optim.lr_scaling": "sqrt",
+            "optim.reference_batch_size": 256,
+        }
+    )
+    assert Config.from_yaml(cfg.to_yaml()) == cfg

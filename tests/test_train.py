@@ -273,3 +273,42 @@ def test_an_augmentation_without_a_batched_version_trains_per_sample(
 def test_asking_for_cuda_without_it_is_a_user_error(image_folder: Path, tmp_path: Path, splits: Splits) -> None:
     with pytest.raises(UserError, match="no CUDA device"):
         run(tiny(image_folder, tmp_path / "out", **{"train.device": "cuda"}), splits=splits)
+
+
+def test_plateau_cuts_the_lr_at_epoch_ends_as_torch_would_and_records_what_it_used(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    """With patience 0 and an LR too small to learn, the validation loss stalls: torch's ReduceLROnPlateau,
+    replayed over the recorded losses, must give exactly the LRs the run used and recorded."""
+    cfg = tiny(
+        image_folder,
+        tmp_path / "run",
+        **{
+            "optim.lr": 1e-6,
+            "train.epochs": 5,
+            "data.val_size": 60,
+            "schedule.policy": "plateau",
+            "schedule.patience": 0,
+            "schedule.factor": 0.5,
+            "schedule.warmup_epochs": 1,
+            "schedule.warmup": "constant",
+        },
+    )
+    held_out = load_splits(cfg.data)
+    recorder = Recorder()
+    result = run(cfg, splits=held_out, callbacks=[recorder])
+    spe = result.steps_per_epoch
+    assert recorder.starts[0]["lrs"] == []  # not known ahead: the run decides
+    assert [lr for _, lr in recorder.steps] == list(result.lrs)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-6)
+    reference = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=0)
+    expected = [1e-7] * spe  # the constant warm-up: lr / warmup_div for one epoch
+    for m in result.history[:-1]:
+        if len(expected) >= spe:  # cuts start once the warm-up is over
+            reference.step(m.val_loss)
+        expected += [optimizer.param_groups[0]["lr"]] * spe
+    assert list(result.lrs) == pytest.approx(expected, rel=1e-9)
+    assert min(result.lrs[spe:]) < 1e-6  # it did cut
+    recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert recorded["lrs"] == pytest.approx(expected) and recorded["steps_per_epoch"] == spe
+    assert [m["lr"] for m in recorded["history"]] == pytest.approx([expected[(e + 1) * spe - 1] for e in range(5)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import warnings
 
 import typer
 
@@ -50,6 +51,9 @@ def quiet_libraries() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # the heartbeat and TPE's group option are marked experimental; we chose them knowingly (sweeper.storage,
+    # sweeper.samplers), so the warning would only repeat that to every user
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported (lazily, later)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -17,5 +17,14 @@ def config_show(
     set_: SetOpt = None,
     data: DataOpt = None,
 ) -> None:
-    """Print the resolved config (recipe defaults <- --config <- --data <- --set) as YAML."""
-    typer.echo(resolve_cli_config(config, set_, overrides, **{"data.path": data}).to_yaml(), nl=False)
+    """Print the resolved config (recipe defaults <- --config <- --data <- --set) as YAML, and the LR it trains
+    with (optim.lr, scaled with the batch size when optim.lr_scaling says so) as a closing comment."""
+    cfg = resolve_cli_config(config, set_, overrides, **{"data.path": data})
+    typer.echo(cfg.to_yaml(), nl=False)
+    scaled = ""
+    if cfg.optim.lr_scaling != "none":
+        scaled = (
+            f" = optim.lr {cfg.optim.lr:g} x {cfg.lr_scale:.4g} ({cfg.optim.lr_scaling} scaling, batch "
+            f"{cfg.train.batch_size} against {cfg.optim.reference_batch_size})"
+        )
+    typer.echo(f"# effective lr: {cfg.effective_lr:.6g}{scaled}")

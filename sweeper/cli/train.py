@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines.errors import UserError
 from sweeper.cli._common import (
     ConfigOpt,
     DataOpt,
@@ -22,6 +24,9 @@ from sweeper.cli._common import (
     resolve_cli_config,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    from pipelines.config import Config
 
 
 @user_errors
@@ -62,27 +67,79 @@ def train(
     )
 
 
+class RangeMetric(str, enum.Enum):
+    loss = "loss"
+    accuracy = "accuracy"
+
+
+ACCURACY_PANEL = "Accuracy range test (--metric accuracy)"
+
+
 @user_errors
 def lr_find(
     overrides: OverridesArg = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data: DataOpt = None,
-    min_lr: Annotated[float, typer.Option("--min-lr", help="First LR of the sweep.")] = 1e-4,
-    max_lr: Annotated[float, typer.Option("--max-lr", help="Last LR of the sweep.")] = 10.0,
-    iters: Annotated[int, typer.Option("--iters", "-n", help="Training steps of the sweep.")] = 100,
-    mode: Annotated[str, typer.Option(help="exp (log-spaced) or linear.")] = "exp",
+    metric: Annotated[
+        RangeMetric,
+        typer.Option(
+            "--metric",
+            help="loss: one sweep of the LR over --iters steps (Smith 2015); accuracy: one short run per max LR.",
+        ),
+    ] = RangeMetric.loss,
+    min_lr: Annotated[
+        float, typer.Option("--min-lr", help="First LR of the sweep (loss), lowest LR (accuracy).")
+    ] = 1e-4,
+    max_lr: Annotated[
+        float, typer.Option("--max-lr", help="Last LR of the sweep (loss), highest LR (accuracy).")
+    ] = 10.0,
+    iters: Annotated[int, typer.Option("--iters", "-n", help="Training steps of the sweep (loss).")] = 100,
+    mode: Annotated[str, typer.Option(help="exp (log-spaced) or linear (loss).")] = "exp",
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of each run.", rich_help_panel=ACCURACY_PANEL)] = 5,
+    lrs: Annotated[
+        str | None,
+        typer.Option(
+            "--lrs",
+            help="The max LRs to try, e.g. 0.05,0.1,0.2,0.4,0.8; "
+            "default: --points log-spaced from --min-lr to --max-lr.",
+            show_default=False,
+            rich_help_panel=ACCURACY_PANEL,
+        ),
+    ] = None,
+    points: Annotated[
+        int, typer.Option("--points", help="How many LRs when --lrs is not given.", rich_help_panel=ACCURACY_PANEL)
+    ] = 5,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            help="Log the runs to MLflow: a parent run (experiment lr-find) with one child per LR.",
+            show_default=False,
+            rich_help_panel=ACCURACY_PANEL,
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """LR range test: suggest the max and min LR of the cycle.
+    """LR range test: suggest the max LR (and the min LR) of the cycle.
 
-    Raises the LR from --min-lr to --max-lr over --iters real training steps, smooths the loss, stops early on
-    divergence and restores the weights. Suggests a max LR (fastai's valley; also steepest slope and
-    min-loss/10) and a min LR (max / schedule.start_div); writes lr_finder.png to train.out_dir.
+    --metric loss raises the LR from --min-lr to --max-lr over --iters real training steps, smooths the loss,
+    stops early on divergence and restores the weights. Suggests a max LR (fastai's valley; also steepest slope
+    and min-loss/10) and a min LR (max / schedule.start_div); writes lr_finder.png to train.out_dir.
+
+    --metric accuracy trains one --epochs run per max LR with the config's policy and suggests the LR of the best
+    validation accuracy (test accuracy when data.val_size is 0); writes lr_accuracy.png to train.out_dir.
+
+    Example: sweeper lr-find --metric accuracy --epochs 5 --lrs 0.05,0.1,0.2,0.4,0.8
     """
+    cfg = resolve_cli_config(config, set_, overrides, **{"data.path": data})
+    if metric is RangeMetric.accuracy:
+        _accuracy_range(
+            cfg, lrs=_lrs(lrs, min_lr, max_lr, points), epochs=epochs, tracking_uri=tracking_uri, json_=json_
+        )
+        return
     from pipelines.lr_finder import lr_range_test
 
-    cfg = resolve_cli_config(config, set_, overrides, **{"data.path": data})
     with _steps_bar(iters) as advance:
         result = lr_range_test(
             cfg,
@@ -106,6 +163,60 @@ def lr_find(
         f"suggested max LR (optim.lr) {result.max_lr:.4g}, min LR {result.min_lr:.4g}; plot: {result.plot}"
         + (f"; stopped early at lr {result.diverged_at:.3g} (loss diverged)" if result.diverged_at else "")
     )
+
+
+def _lrs(text: str | None, low: float, high: float, points: int) -> list[float]:
+    """--lrs as numbers, else ``points`` LRs log-spaced from ``low`` to ``high``."""
+    if text is not None:
+        try:
+            return [float(word) for word in text.split(",") if word.strip()]
+        except ValueError as err:
+            raise UserError(f"--lrs must be numbers separated by commas, e.g. 0.1,0.2,0.4; got {text!r}") from err
+    if points < 2:
+        raise UserError(f"--points must be >= 2, got {points}")
+    if not 0 < low < high:
+        raise UserError(f"--min-lr and --max-lr must satisfy 0 < min < max, got {low} and {high}")
+    return [low * (high / low) ** (i / (points - 1)) for i in range(points)]
+
+
+def _accuracy_range(cfg: Config, *, lrs: list[float], epochs: int, tracking_uri: str | None, json_: bool) -> None:
+    from pipelines.lr_finder import accuracy_range_test
+
+    plot_path = Path(cfg.train.out_dir) / "lr_accuracy.png"
+    bars: list[RichProgress] = []
+
+    def progress(i: int, run_cfg: Config) -> list[RichProgress]:
+        for bar in bars:
+            bar.close()
+        bars[:] = [RichProgress(label=f"lr {run_cfg.optim.lr:.3g} ({i + 1}/{len(lrs)})", epoch_lines=False)]
+        return bars
+
+    parent = None
+    try:
+        if tracking_uri is None:
+            result = accuracy_range_test(cfg, lrs=lrs, epochs=epochs, callbacks=progress, plot_path=plot_path)
+        else:
+            from sweeper.range_test import EXPERIMENT, tracked_accuracy_range_test
+            from sweeper.tracking import Tracker
+
+            tracker = Tracker(tracking_uri, EXPERIMENT, spool_dir=Path("runs") / EXPERIMENT / "spool")
+            result, parent = tracked_accuracy_range_test(
+                cfg, lrs=lrs, epochs=epochs, tracker=tracker, plot_path=plot_path, progress=progress
+            )
+    finally:
+        for bar in bars:
+            bar.close()
+    if json_:
+        print_json({**result.to_dict(), **({"mlflow_parent_run_id": parent} if parent else {})})
+        return
+    table = Table(title=f"Accuracy range test ({result.metric} accuracy after {epochs} epochs)")
+    for column in ("max lr", "accuracy", "run"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for p in result.points:
+        best = " (best)" if p.lr == result.suggested_lr else ""
+        table.add_row(f"{p.lr:.4g}", f"{100 * p.accuracy:.2f}%{best}", p.status)
+    Console().print(table)
+    typer.echo(f"suggested max LR (optim.lr) {result.suggested_lr:.4g}; plot: {result.plot}")
 
 
 class _steps_bar:

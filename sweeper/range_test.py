@@ -1,0 +1,73 @@
+"""The accuracy range test tracked in MLflow: a parent run, one child run per max LR, through a study's machinery.
+
+The runs are ``pipelines.lr_finder.accuracy_range_test``'s; this module only hands each one a ``TrialRun`` (the
+callback a study's trials log through), ends it with its outcome, and records the points and the plot on the
+parent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipelines.callbacks import Callback
+from pipelines.config import Config
+from pipelines.lr_finder import AccuracyRangeResult, accuracy_range_test
+from pipelines.result import Result
+from sweeper import outcome
+from sweeper.outcome import Outcome
+from sweeper.space import optim_params
+from sweeper.tracking import Tracker, TrialRun
+
+EXPERIMENT = "lr-find"  # the MLflow experiment of range tests run outside a study
+ROLE = "lr_range"  # sweeper.role of the parent run; its children are "lr_point"
+
+
+def tracked_accuracy_range_test(
+    config: Config,
+    *,
+    lrs: Sequence[float],
+    epochs: int,
+    tracker: Tracker,
+    plot_path: Path | None = None,
+    progress: Callable[[int, Config], Sequence[Callback]] | None = None,
+) -> tuple[AccuracyRangeResult, str]:
+    """Run the accuracy range test with each run logged as a child of a new parent run; (result, parent run id)."""
+    name = f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent = tracker.new_parent_run(
+        name, role=ROLE, params={"metric": "accuracy", "epochs": epochs, "lrs": ",".join(f"{lr:g}" for lr in lrs)}
+    )
+    runs: dict[int, TrialRun] = {}
+
+    def callbacks(i: int, cfg: Config) -> list[Callback]:
+        runs[i] = tracker.trial_run(
+            parent,
+            study=name,
+            number=i,
+            params=optim_params(cfg),
+            role="lr_point",
+            run_name=f"{name}-lr-{cfg.optim.lr:g}",
+        )
+        return [runs[i], *(progress(i, cfg) if progress else ())]
+
+    def on_result(i: int, cfg: Config, result: Result) -> None:
+        runs[i].finish(outcome.of_result(result), reason=result.reason, trial_seconds=result.total_seconds)
+
+    try:
+        result = accuracy_range_test(
+            config, lrs=lrs, epochs=epochs, callbacks=callbacks, on_result=on_result, plot_path=plot_path
+        )
+    except BaseException as err:
+        ended = Outcome.INTERRUPTED if isinstance(err, KeyboardInterrupt) else Outcome.FAILED
+        for run in runs.values():
+            run.finish(ended, reason=ended.value)  # a no-op for the runs already finished
+        tracker.end_run(parent, ended, reason=ended.value)
+        raise
+    for i, point in enumerate(result.points):
+        tracker.log_study_point(parent, number=i, value=point.accuracy, best=None)
+    tracker.set_tags(parent, {"sweeper.suggested_lr": f"{result.suggested_lr:.6g}", "sweeper.metric": result.metric})
+    if result.plot is not None:
+        tracker.log_artifact(parent, result.plot)
+    tracker.end_run(parent, Outcome.COMPLETE)
+    return result, parent
