@@ -15,6 +15,7 @@ from pipelines.errors import one_line
 from pipelines.result import Result
 from pipelines.train import ModelCache, check_trainable, run
 from sweeper import outcome
+from sweeper.interrupts import InterruptCheck
 from sweeper.outcome import Outcome
 from sweeper.overrides import resolve_config
 from sweeper.space import optim_params
@@ -134,7 +135,7 @@ def replay(
             run_name=f"replay-{source.label}-seed-{seed}",
         )
         tracked.keep_weights = True
-        callbacks = [tracked, *(progress(k) if progress else ())]
+        callbacks = [tracked, InterruptCheck(), *(progress(k) if progress else ())]
         try:
             result = run(cfg, callbacks=callbacks, models=models, splits=splits)
         except KeyboardInterrupt:

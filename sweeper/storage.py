@@ -2,7 +2,9 @@
 
 SQLite is used as Optuna opens it. A server database (PostgreSQL) gets pre-ping and pool recycling on its
 engine, a heartbeat that fails and retries the trials of dead workers (:class:`StaleTrialHandler`), and
-:class:`ResilientStorage` around it: each storage call whose connection was cut is retried on a fresh one.
+:class:`ResilientStorage` around it: a storage call whose connection was refused, cut or lost is retried with
+back-off until the database answers again, for up to $SWEEPER_DB_OUTAGE_SECONDS; then the worker stops with
+one line (:class:`StorageUnavailable`), and the heartbeat of the next worker fails and retries its trial.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ STORAGE_ENV = "SWEEPER_STORAGE"
 HEARTBEAT_SECONDS = 20  # a running trial's heartbeat period on a server database ($SWEEPER_HEARTBEAT_SECONDS)
 GRACE_SECONDS = 60  # no heartbeat for this long: the trial is failed and retried ($SWEEPER_GRACE_SECONDS)
 MAX_RETRY = 2  # retries of a trial whose worker died
+OUTAGE_SECONDS = (
+    120  # how long a worker waits for a database that refuses or drops connections ($SWEEPER_DB_OUTAGE_SECONDS)
+)
+# Connection errors that no wait will mend: credentials or a database that is gone
+PERMANENT_MARKERS = ("password authentication failed", "no password supplied", "does not exist")
 # What PostgreSQL clients say when an open connection is cut (not when none can be made: that is not retried)
 DISCONNECT_MARKERS = (
     "closed the connection",
@@ -101,11 +108,31 @@ def make_storage(
     if is_sqlite(url):
         return storage
     # get_storage wraps an RDBStorage in Optuna's own trial cache, as create_study would; ours goes around it.
-    return ResilientStorage(optuna.storages.get_storage(storage))
+    outage = env_seconds("SWEEPER_DB_OUTAGE_SECONDS", OUTAGE_SECONDS)
+    return ResilientStorage(optuna.storages.get_storage(storage), url=mask_url(url), outage_seconds=outage)
+
+
+class StorageUnavailable(UserError):
+    """The database did not answer for $SWEEPER_DB_OUTAGE_SECONDS: the worker stops (exit 2, one line)."""
+
+
+def is_connection_error(err: BaseException) -> bool:
+    """True when a database call failed on its connection (refused, cut, lost, the server restarting or refusing
+    new connections, a commit whose connection died) rather than on the statement or the credentials."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError):
+            if seen.connection_invalidated:
+                return True
+            if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+                return not any(marker in str(seen).lower() for marker in PERMANENT_MARKERS)
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def is_disconnect(err: BaseException) -> bool:
-    """True when a database call failed because its open connection was cut (a restart, pg_terminate_backend)."""
+    """True when a database call failed because its open connection was cut (a restart, pg_terminate_backend);
+    a connection that cannot be made at all is not one (opening the storage then fails at once, naming it)."""
     if not isinstance(err, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError)):
         return False
     seen: BaseException | None = err
@@ -146,19 +173,28 @@ class StaleTrialHandler:
 
 class ResilientStorage(BaseStorage, BaseHeartbeat):
     """A storage that delegates every call to ``backend`` (Optuna's cached RDB storage) and retries a call whose
-    database connection was cut, on a fresh connection (pre-ping replaces the dead ones in the pool).
+    database connection failed (:func:`is_connection_error`), with back-off, for up to ``outage_seconds``, on a
+    fresh connection each time (pre-ping replaces the dead ones in the pool). Past that, it raises
+    :class:`StorageUnavailable`, and so does every later call, at once. A failed heartbeat is logged, never raised:
+    the heartbeat thread must outlive an outage.
 
     Optuna's writes are one transaction each, so a retried call either did nothing or is repeated whole. A state
     change whose commit landed before the connection died is recognised on retry (the trial is then finished).
     The one non-idempotent call, creating a trial, could at worst leave one extra trial if its reply was lost.
     """
 
-    def __init__(self, backend: BaseStorage) -> None:
+    def __init__(self, backend: BaseStorage, *, url: str, outage_seconds: float = OUTAGE_SECONDS) -> None:
         if not isinstance(backend, BaseHeartbeat):
             raise TypeError(f"{type(backend).__name__} has no heartbeat interface")
         self._backend = backend
+        self._url = url  # masked: it goes into messages
+        self._outage_seconds = outage_seconds
+        self._unavailable: StorageUnavailable | None = None
+        self._heartbeat_lost = False  # warned once that heartbeats are not recorded
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if self._unavailable is not None:
+            raise self._unavailable
         method: Callable[..., Any] = getattr(self._backend, name)
         tries = 0
 
@@ -172,7 +208,19 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
                     return True  # our first try committed before the connection died
                 raise
 
-        return retrying(when=is_disconnect, what=f"storage call {name}")(attempt)
+        try:
+            return retrying(when=is_connection_error, deadline=self._outage_seconds, what=f"storage call {name}")(
+                attempt
+            )
+        except Exception as err:
+            if not is_connection_error(err):
+                raise
+            self._unavailable = StorageUnavailable(
+                f"the database at {self._url} did not answer for {self._outage_seconds:g} s "
+                f"(SWEEPER_DB_OUTAGE_SECONDS; {type(err).__name__}): stopped; the running trial is failed and retried "
+                "by the next `sweeper study run` once the database is back"
+            )
+            raise self._unavailable from err
 
     # -- studies
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
@@ -242,7 +290,12 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
 
     # -- heartbeat (BaseHeartbeat's interface, _get_stale_trial_ids included)
     def record_heartbeat(self, trial_id: int) -> None:
-        self._call("record_heartbeat", trial_id)
+        try:
+            self._call("record_heartbeat", trial_id)
+        except StorageUnavailable:  # the heartbeat thread must not die: the main thread reports the outage
+            if not self._heartbeat_lost:
+                log.warning("heartbeats are not recorded: the database at %s is unavailable", self._url)
+            self._heartbeat_lost = True
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return self._call("_get_stale_trial_ids", study_id)

@@ -64,9 +64,15 @@ class Tracker:
 
     def __init__(self, uri: str | None, experiment: str, *, spool_dir: Path | None = None) -> None:
         self.uri = resolve_tracking_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_name = experiment
         self.spool_dir = spool_dir or Path("runs") / experiment / "spool"
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+        except mlflow.exceptions.MlflowException as err:  # a scheme MLflow has no store for
+            raise UserError(
+                f"MLflow cannot use the tracking URI {mask_url(self.uri)}: use http(s)://host:port for a server, "
+                "sqlite:///file.db or a folder"
+            ) from err
         try:
             found = self.client.get_experiment_by_name(experiment)
         except mlflow.exceptions.RestException as err:

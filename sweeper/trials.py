@@ -23,10 +23,12 @@ from pipelines.config import Config
 from pipelines.data import Splits, SplitsCache
 from pipelines.errors import UserError, one_line
 from pipelines.train import ModelCache, run
-from sweeper import outcome
+from sweeper import interrupts, outcome
+from sweeper.interrupts import InterruptCheck
 from sweeper.objective import Objective, objective_value
 from sweeper.outcome import REASON, Outcome
 from sweeper.space import Space, optim_params
+from sweeper.storage import StorageUnavailable
 from sweeper.study import StudyContext
 from sweeper.tracking import TrialRun
 
@@ -101,7 +103,8 @@ class TrialRunner:
         self.observer.on_trial_start(trial.number, dict(trial.params), lr=config.effective_lr)
         reporter = TrialReporter(trial, ctx.objective, self.observer)
         try:
-            result = run(config, callbacks=[tracked, reporter], splits=self.splits(config), models=self.models)
+            callbacks = [tracked, reporter, InterruptCheck()]
+            result = run(config, callbacks=callbacks, splits=self.splits(config), models=self.models)
         except KeyboardInterrupt:
             trial.set_user_attr(REASON, Outcome.INTERRUPTED.value)
             raise
@@ -137,6 +140,7 @@ class TrialRunner:
         if self._failures >= MAX_CONSECUTIVE_FAILURES:
             log.error("%d trials failed in a row; stopping the study", self._failures)
             study.stop()
+        interrupts.check()  # a Ctrl-C Python dropped (in a finaliser) stops the study here, between trials
 
     def run(self, *, n_trials: int | None, timeout: float | None) -> optuna.Study:
         study = self.ctx.study
@@ -152,7 +156,10 @@ class TrialRunner:
                 gc_after_trial=False,
             )
         except BaseException as err:
-            self._end_open_trials(study, interrupted=isinstance(err, KeyboardInterrupt))
+            real = _real_error(err)
+            self._end_open_trials(study, interrupted=isinstance(real, KeyboardInterrupt))
+            if real is not err:
+                raise real from None
             raise
         if self._failures >= MAX_CONSECUTIVE_FAILURES:
             last = study.trials[-1].user_attrs.get(REASON, "unknown error")
@@ -169,8 +176,24 @@ class TrialRunner:
                 study.tell(entry.trial, state=TrialState.FAIL, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # Optuna recorded it already (with our reason, set in the objective)
-            except Exception:
+            except StorageUnavailable:
+                log.warning("trial %d could not be recorded as %s: the database is unavailable", number, ended.value)
+            except Exception:  # the storage may be what failed; the heartbeat will catch it
                 log.exception("could not record trial %d as %s", number, ended.value)
             entry.tracked.finish(ended, reason=ended.value, trial_seconds=time.perf_counter() - entry.started)
             self._open.pop(number, None)
         self.ctx.tracker.flush()
+
+
+def _real_error(err: BaseException) -> BaseException:
+    """The error to report for ``err``. Optuna 5.0's _run_trial (study/_optimize.py) reads ``updated_state`` in a
+    ``finally`` that its ``except`` may not have set: when its tell fails and so does the get_trial in that except
+    (the database gone, a second Ctrl-C), an UnboundLocalError hides what happened. Return that instead."""
+    if not isinstance(err, UnboundLocalError):
+        return err
+    seen = err.__context__
+    while seen is not None:
+        if isinstance(seen, (KeyboardInterrupt, StorageUnavailable)):
+            return seen
+        seen = seen.__context__
+    return err

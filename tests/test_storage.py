@@ -56,3 +56,27 @@ def test_a_state_change_committed_just_before_the_cut_is_not_an_error(pg_url, mo
 def test_sqlite_storage_is_left_as_optuna_opens_it(tmp_path):
     storage = make_storage(f"sqlite:///{tmp_path / 'x.db'}", heartbeat=False)
     assert isinstance(storage, optuna.storages.RDBStorage)
+
+
+def test_a_bare_postgresql_url_opens_with_the_driver_sqlalchemy_picks(pg_url):
+    bare = pg_url.replace("postgresql+psycopg2://", "postgresql://")  # as Optuna's and SQLAlchemy's docs write it
+    study = optuna.create_study(study_name="bare", storage=make_storage(bare, heartbeat=False))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="bare", storage=pg_url).trials) == 2
+
+
+def test_connection_errors_are_told_from_rejected_statements_and_bad_credentials():
+    from sweeper.storage import is_connection_error
+
+    def wrapped(message: str, kind: type = sqlalchemy.exc.OperationalError) -> Exception:
+        err = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+        err.__cause__ = kind("SELECT 1", {}, Exception(message))  # how Optuna wraps a failed commit
+        return err
+
+    assert is_connection_error(wrapped("server closed the connection unexpectedly"))
+    assert is_connection_error(wrapped('database "x" is not currently accepting connections'))
+    assert is_connection_error(wrapped("connection to server at 127.0.0.1 failed: Connection refused"))
+    assert is_connection_error(wrapped("connection already closed", sqlalchemy.exc.InterfaceError))
+    assert not is_connection_error(wrapped('password authentication failed for user "u"'))
+    assert not is_connection_error(wrapped('relation "trials" does not exist', sqlalchemy.exc.ProgrammingError))
+    assert not is_connection_error(ValueError("no database involved"))

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import warnings
 
 import typer
 
+from sweeper import interrupts
 from sweeper.cli import config as _config
 from sweeper.cli import plot as _plot
 from sweeper.cli import replay as _replay
 from sweeper.cli import study as _study
 from sweeper.cli import train as _train
+from sweeper.cli._common import err_console
+from sweeper.urls import MaskingStream
 
 app = typer.Typer(
     name="sweeper",
@@ -33,15 +37,33 @@ app.command("replay")(_replay.replay)
 
 def main() -> None:
     """The console script: user errors exit 2 (one line), Ctrl-C and SIGTERM exit 130 after recording the
-    running trial as interrupted (see _common.user_errors); anything else is a bug and shows its traceback."""
+    running trial as interrupted (see _common.user_errors); anything else is a bug and shows its traceback.
+    Nothing it prints shows a URL's password: stdout and stderr mask them (sweeper.urls.MaskingStream)."""
+    sys.stdout, sys.stderr = MaskingStream(sys.stdout), MaskingStream(sys.stderr)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_libraries()
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # `docker stop`, `kill`: the same clean stop as Ctrl-C
-    app()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # `docker stop`, `kill`: the same clean stop as Ctrl-C
+        signal.signal(signum, _on_stop_signal)
+    sys.unraisablehook = _unraisable
+    try:
+        app()
+    finally:
+        if interrupts.requested():  # Python restores the default handlers as it exits: a late Ctrl-C would kill
+            for signum in (signal.SIGINT, signal.SIGTERM):  # it (exit -2) instead of letting it exit 130
+                signal.signal(signum, signal.SIG_IGN)
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def _on_stop_signal(signum: int, frame: object) -> None:
+    """The first Ctrl-C or SIGTERM stops the work; later ones let the running trial be recorded first."""
+    if interrupts.request():
+        raise KeyboardInterrupt(f"signal {signum}")
+    err_console.print("already stopping: recording the running trial first", highlight=False)
+
+
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """A Ctrl-C that lands in a finaliser is dropped by Python, noisily; interrupts.check raises it again."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
 
 
 def quiet_libraries() -> None:
@@ -51,12 +73,20 @@ def quiet_libraries() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs a trial stopped by Ctrl-C with its traceback and its missing value; we say "interrupted" once
+    logging.getLogger("optuna.study._optimize").addFilter(_not_an_interrupt)
     # the heartbeat and TPE's group option are marked experimental; we chose them knowingly (sweeper.storage,
     # sweeper.samplers), so the warning would only repeat that to every user
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported (lazily, later)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _not_an_interrupt(record: logging.LogRecord) -> bool:
+    """Optuna's two warnings about a trial stopped by Ctrl-C (its traceback, its missing value) say no more than
+    our "interrupted"."""
+    return not (interrupts.requested() or (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)))
 
 
 __all__ = ["app", "main"]

@@ -11,12 +11,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pipelines.callbacks import Callback, EpochMetrics
 from pipelines.config import Config
 from pipelines.errors import UserError
 from sweeper.overrides import resolve_config
+from sweeper.urls import mask_url
 
 err_console = Console(stderr=True)
 
@@ -104,7 +106,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except UserError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(mask_url(str(err)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", highlight=False)

@@ -133,6 +133,8 @@ class LiveStudyView:
             self.live.update(self.table())
             self.live.stop()
             self.live = None
+            if not self.console.is_terminal:  # rich leaves the last line of the table open: end it
+                self.console.line()
 
 
 def _param_cell(param: Param) -> Any:

@@ -29,6 +29,7 @@ from sweeper.cli.live import LiveStudyView, fmt, pct
 from sweeper.objective import Objective
 from sweeper.outcome import Outcome
 from sweeper.samplers import PrunerName, SamplerName
+from sweeper.urls import mask_url
 
 if TYPE_CHECKING:
     from pipelines.config import Config
@@ -328,7 +329,7 @@ def sync(
     if json_:
         print_json(done)
         return
-    typer.echo(f"synced {done['operations']} operations from {done['files']} spool files to {tracker.uri}")
+    typer.echo(f"synced {done['operations']} operations from {done['files']} spool files to {mask_url(tracker.uri)}")
 
 
 @study_app.command("list")

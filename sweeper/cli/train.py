@@ -26,6 +26,7 @@ from sweeper.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from pipelines.callbacks import Callback
     from pipelines.config import Config
 
 
@@ -49,9 +50,11 @@ def train(
     from pipelines.train import run
 
     cfg = resolve_cli_config(config, set_, overrides, **{"data.path": data, "train.out_dir": str(out) if out else None})
+    from sweeper.interrupts import InterruptCheck
+
     progress = RichProgress()
     try:
-        result = run(cfg, callbacks=[progress])
+        result = run(cfg, callbacks=[progress, InterruptCheck()])
     finally:
         progress.close()
     if json_:
@@ -181,15 +184,16 @@ def _lrs(text: str | None, low: float, high: float, points: int) -> list[float]:
 
 def _accuracy_range(cfg: Config, *, lrs: list[float], epochs: int, tracking_uri: str | None, json_: bool) -> None:
     from pipelines.lr_finder import accuracy_range_test
+    from sweeper.interrupts import InterruptCheck
 
     plot_path = Path(cfg.train.out_dir) / "lr_accuracy.png"
     bars: list[RichProgress] = []
 
-    def progress(i: int, run_cfg: Config) -> list[RichProgress]:
+    def progress(i: int, run_cfg: Config) -> list[Callback]:
         for bar in bars:
             bar.close()
         bars[:] = [RichProgress(label=f"lr {run_cfg.optim.lr:.3g} ({i + 1}/{len(lrs)})", epoch_lines=False)]
-        return bars
+        return [*bars, InterruptCheck()]
 
     parent = None
     try:

@@ -1,0 +1,112 @@
+"""No password reaches a person or a record, whatever characters it holds (run as users run it: the console script)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from conftest import free_port
+
+TINY = ["model.width=0.125", "train.batch_size=32", "data.val_size=60", "train.device=cpu", "train.epochs=1"]
+RAW = "Pw/7#x?y:z%q"  # / # ? : % as typed, which URL parsers cut short
+ENCODED = "Pw%2F7%40x%3Fy%3Az%25q"  # the same characters and @, percent-encoded
+FRAGMENTS = ("Pw/7", "7#x", "x?y", "y:z", "z%q", "Pw%2F7", "%40x", "%3Az", "%25q")  # no piece of either may show
+
+
+def sweeper(*args: object, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeper", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    return done.returncode, done.stdout + done.stderr
+
+
+def leaks(text: str) -> list[str]:
+    return [fragment for fragment in FRAGMENTS if fragment in text]
+
+
+class CommandLines:
+    """Every process's command line, read from /proc while a command runs: the workers' included."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self.stop.is_set():
+            for entry in Path("/proc").iterdir():
+                try:
+                    self.seen.add((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                except OSError:
+                    continue
+            self.stop.wait(0.2)
+
+    def __enter__(self) -> CommandLines:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("password", [RAW, ENCODED], ids=["raw", "percent-encoded"])
+def test_a_study_on_two_workers_shows_the_password_nowhere(image_folder, mlflow_server, pg_url, tmp_path, password):
+    storage = pg_url.replace("postgres@", f"postgres:{password}@")  # trust auth: any password connects
+    tracking = mlflow_server.uri.replace("http://", f"http://admin:{ENCODED}@")  # requests decodes it for basic auth
+    with CommandLines() as processes:
+        rc, output = sweeper(
+            "study", "run", "secret", "--workers", 2, "--n-trials", 2, "--data", image_folder, "--storage", storage,
+            "--tracking-uri", tracking, "--sampler", "random", "--set", *TINY, cwd=tmp_path,
+        )  # fmt: skip
+    assert rc == 0, output[-3000:]
+    assert not leaks(output)
+    workers = [line for line in processes.seen if "study run secret" in line and "--n-trials 1" in line]
+    assert len(workers) == 2 and not leaks(" ".join(processes.seen - {p for p in processes.seen if "pytest" in p}))
+    for path in (tmp_path / "runs").rglob("*"):
+        if path.is_file() and path.suffix in (".yaml", ".json", ".log", ".jsonl"):
+            assert not leaks(path.read_text(errors="ignore")), path
+    study = optuna.load_study(study_name="secret", storage=pg_url)
+    records = [study.user_attrs, study.system_attrs] + [t.user_attrs | t.system_attrs for t in study.trials]
+    assert not leaks(json.dumps(records))
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("secret")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 3
+    assert not leaks(json.dumps([{"params": r.data.params, "tags": r.data.tags} for r in runs]))
+    assert "***" in client.get_run(study.user_attrs["mlflow_parent_run_id"]).data.params["storage"]
+
+
+@pytest.mark.parametrize("password", [RAW + "@", ENCODED], ids=["raw-with-at", "percent-encoded"])
+def test_errors_about_urls_with_passwords_show_none_of_them(image_folder, tmp_path, password):
+    port = free_port()
+    cases = {
+        "unreachable storage": ["study", "list", "--storage", f"postgresql+psycopg2://u:{password}@127.0.0.1:{port}/x"],
+        "bare postgresql": ["study", "list", "--storage", f"postgresql://u:{password}@127.0.0.1:{port}/x"],
+        "malformed storage": ["study", "list", "--storage", f"postgres//u:{password}@oops"],
+        "unreachable tracking": [
+            "study", "run", "x", "--data", image_folder, "--set", *TINY,
+            "--tracking-uri", f"http://u:{password}@127.0.0.1:{port}",
+        ],
+        "unsupported tracking scheme": [
+            "study", "run", "x", "--data", image_folder, "--set", *TINY, "--tracking-uri", f"ftp://u:{password}@host/x",
+        ],
+        "sync to an unreachable server": ["study", "sync", "x", "--tracking-uri", f"http://u:{password}@127.0.0.1:{port}"],
+    }  # fmt: skip
+    (tmp_path / "runs" / "x" / "spool").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "spool" / "w.jsonl").write_text('{"op": "batch", "run_id": "r", "tags": [["a", "b"]]}\n')
+    for case, args in cases.items():
+        rc, output = sweeper(*args, cwd=tmp_path, timeout=120)
+        assert rc == 2, (case, output[-2000:])
+        assert "error:" in output and "***" in output, (case, output[-2000:])
+        assert not leaks(output), (case, output[-2000:])
