@@ -144,7 +144,7 @@ class ScheduleConfig:
         _require(self.anneal in ANNEALS, f"schedule.anneal must be one of {', '.join(ANNEALS)}, got {self.anneal!r}")
         _require(self.warmup in WARMUPS, f"schedule.warmup must be one of {', '.join(WARMUPS)}, got {self.warmup!r}")
         _require(
-            all(m > 0 for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
+            all(0 < m < math.inf for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
             f"schedule.milestones must be increasing epochs > 0, got {list(self.milestones)}",
         )
         _require(
@@ -154,9 +154,12 @@ class ScheduleConfig:
         _require(0 < self.gamma <= 1, f"schedule.gamma must be in (0, 1], got {self.gamma}")
         _require(0 < self.factor < 1, f"schedule.factor must be in (0, 1), got {self.factor}")
         _require(self.patience >= 0, f"schedule.patience must be >= 0 epochs, got {self.patience}")
-        _require(self.min_lr >= 0, f"schedule.min_lr must be >= 0, got {self.min_lr}")
-        _require(self.warmup_epochs >= 0, f"schedule.warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        _require(self.warmup_div >= 1, f"schedule.warmup_div must be >= 1, got {self.warmup_div}")
+        _require(0 <= self.min_lr < math.inf, f"schedule.min_lr must be >= 0 and finite, got {self.min_lr}")
+        _require(
+            0 <= self.warmup_epochs < math.inf,
+            f"schedule.warmup_epochs must be >= 0 and finite, got {self.warmup_epochs}",
+        )
+        _require(1 <= self.warmup_div < math.inf, f"schedule.warmup_div must be >= 1 and finite, got {self.warmup_div}")
         _require(
             self.peak_epoch is None or self.peak_epoch > 0, f"schedule.peak_epoch must be > 0, got {self.peak_epoch}"
         )

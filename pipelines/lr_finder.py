@@ -224,6 +224,17 @@ class AccuracyRangeResult:
         }
 
 
+def accuracy_range_configs(config: Config, *, lrs: Sequence[float], epochs: int) -> list[Config]:
+    """The runs' configs, by increasing LR: ``config`` with each distinct LR as optim.lr and ``epochs`` epochs.
+    Raises UserError on fewer than 2 distinct LRs, an LR <= 0, or a config the shorter run makes invalid."""
+    distinct = sorted(set(lrs))
+    if len(distinct) < 2 or any(not (lr > 0 and math.isfinite(lr)) for lr in distinct):
+        raise UserError(f"the accuracy range test needs at least 2 different LRs, all > 0, got {list(lrs)}")
+    if epochs < 1:
+        raise UserError(f"the accuracy range test needs at least 1 epoch, got {epochs}")
+    return [config.with_overrides({"optim.lr": float(lr), "train.epochs": epochs}) for lr in distinct]
+
+
 def accuracy_range_test(
     config: Config,
     *,
@@ -240,11 +251,7 @@ def accuracy_range_test(
     ``callbacks(i, config)`` gives run i's callbacks (progress, tracking); ``on_result(i, config, result)`` hears
     how it ended. A run that diverges scores the accuracy it had; the best accuracy suggests the LR.
     """
-    if len(lrs) < 2 or any(not (lr > 0 and math.isfinite(lr)) for lr in lrs):
-        raise UserError(f"the accuracy range test needs at least 2 LRs, all > 0, got {list(lrs)}")
-    if epochs < 1:
-        raise UserError(f"the accuracy range test needs at least 1 epoch, got {epochs}")
-    configs = [config.with_overrides({"optim.lr": float(lr), "train.epochs": epochs}) for lr in sorted(lrs)]
+    configs = accuracy_range_configs(config, lrs=lrs, epochs=epochs)
     splits = splits or load_splits(config.data)
     check_trainable(configs[0], splits)
     metric = "val" if splits.val is not None else "test"

@@ -48,7 +48,8 @@ def write(
         "lr": config.effective_lr,  # the peak LR trained with (optim.lr, scaled with the batch size if asked)
         "history": [m.as_dict() for m in result.history],
         "steps_per_epoch": result.steps_per_epoch,
-        "lrs": list(result.lrs),  # every step's LR as used (plateau's cuts included): `sweeper plot schedule --run`
+        # every step's LR as used, up to where the run stopped (plateau's cuts included): `sweeper plot schedule --run`
+        "lrs": list(result.lrs[: len(result.history) * result.steps_per_epoch]),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     emit("metrics.json", out / "metrics.json")

@@ -46,6 +46,22 @@ def plot_lr_schedule(
     return _save(fig, path)
 
 
+def plot_lr_schedules(curves: dict[str, Sequence[float]], path: Path, *, steps_per_epoch: int) -> Path:
+    """One panel per named LR curve (x in epochs), two columns; an empty curve shows its name only."""
+    rows = (len(curves) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 2.2 * rows), sharex=True, squeeze=False)
+    for ax, (name, lrs) in zip(axes.flat, curves.items(), strict=False):
+        ax.plot(np.arange(len(lrs)) / max(steps_per_epoch, 1), lrs, color="tab:blue", lw=1.4)
+        ax.set_title(name, fontsize=9, wrap=True)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(curves) :]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    fig.supylabel("learning rate")
+    return _save(fig, path)
+
+
 def plot_curves(history: Sequence[EpochMetrics], path: Path) -> Path:
     """Loss and accuracy per epoch: train and test (and validation when held out)."""
     epochs = [m.epoch for m in history]

@@ -77,9 +77,12 @@ def policy_scheduler(
     for group in optimizer.param_groups:
         group["lr"] = lr
     if sched.policy == "one_cycle":
-        # pct_start: fraction of steps spent rising. OneCycleLR needs at least one step after the peak.
+        # pct_start: fraction of steps spent rising, at least one (a peak that rounds into the warm-up still
+        # starts at lr/start_div: torch's rise ends at step pct_start * total - 1); OneCycleLR needs at least one
+        # step after the peak.
         total = max(steps, 2)
-        pct_start = min((config.peak_epoch * steps_per_epoch - start_step) / total, (total - 1) / total)
+        rise = max(config.peak_epoch * steps_per_epoch - start_step, 2.0)
+        pct_start = min(rise / total, (total - 1) / total)
         if math.isclose(pct_start * total, 1.0):
             # A peak at step 0 (e.g. 1-2 steps in all): torch's warm-up would last 0 steps and divide by zero.
             pct_start = (1 - 1e-9) / total
@@ -108,7 +111,8 @@ def policy_scheduler(
             max_momentum=sched.max_momentum,
         )
     if sched.policy == "step":
-        milestones = [round(m * steps_per_epoch) - start_step for m in sched.milestones]
+        # the step each milestone falls in (floor: one before the last epoch always lands on a step that runs)
+        milestones = [max(math.floor(m * steps_per_epoch) - start_step, 1) for m in sched.milestones]
         return MultiStepLR(optimizer, milestones=milestones, gamma=sched.gamma)
     if sched.policy == "exponential":
         return ExponentialLR(optimizer, gamma=sched.gamma ** (1 / steps_per_epoch))

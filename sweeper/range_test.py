@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipelines.callbacks import Callback
 from pipelines.config import Config
+from pipelines.data import Splits
 from pipelines.lr_finder import AccuracyRangeResult, accuracy_range_test
 from pipelines.result import Result
 from sweeper import outcome
@@ -30,10 +31,13 @@ def tracked_accuracy_range_test(
     lrs: Sequence[float],
     epochs: int,
     tracker: Tracker,
+    splits: Splits | None = None,
     plot_path: Path | None = None,
     progress: Callable[[int, Config], Sequence[Callback]] | None = None,
 ) -> tuple[AccuracyRangeResult, str]:
-    """Run the accuracy range test with each run logged as a child of a new parent run; (result, parent run id)."""
+    """Run the accuracy range test with each run logged as a child of a new parent run; (result, parent run id).
+    Check its inputs first (``pipelines.lr_finder.accuracy_range_configs``): this records from the start."""
+    started = time.perf_counter()
     name = f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
     parent = tracker.new_parent_run(
         name, role=ROLE, params={"metric": "accuracy", "epochs": epochs, "lrs": ",".join(f"{lr:g}" for lr in lrs)}
@@ -56,18 +60,18 @@ def tracked_accuracy_range_test(
 
     try:
         result = accuracy_range_test(
-            config, lrs=lrs, epochs=epochs, callbacks=callbacks, on_result=on_result, plot_path=plot_path
+            config, lrs=lrs, epochs=epochs, splits=splits, callbacks=callbacks, on_result=on_result, plot_path=plot_path
         )
     except BaseException as err:
         ended = Outcome.INTERRUPTED if isinstance(err, KeyboardInterrupt) else Outcome.FAILED
         for run in runs.values():
             run.finish(ended, reason=ended.value)  # a no-op for the runs already finished
-        tracker.end_run(parent, ended, reason=ended.value)
+        tracker.end_run(parent, ended, reason=ended.value, seconds=time.perf_counter() - started)
         raise
     for i, point in enumerate(result.points):
         tracker.log_study_point(parent, number=i, value=point.accuracy, best=None)
     tracker.set_tags(parent, {"sweeper.suggested_lr": f"{result.suggested_lr:.6g}", "sweeper.metric": result.metric})
     if result.plot is not None:
         tracker.log_artifact(parent, result.plot)
-    tracker.end_run(parent, Outcome.COMPLETE)
+    tracker.end_run(parent, Outcome.COMPLETE, seconds=time.perf_counter() - started)
     return result, parent

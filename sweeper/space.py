@@ -25,8 +25,9 @@ may be lists (e.g. milestones); Optuna records them by a text label such as ``[1
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ ALIASES = {"lr": "optim.lr", "momentum": "optim.momentum", "weight_decay": "opti
 EFFECTIVE_DECAY = "effective_decay"
 TYPES = ("float", "int", "categorical")
 GRID_POINTS = 4  # values per numeric parameter for --sampler grid
+MAX_SETTINGS = 256  # settings of the categorical parameters a value is checked against before any trial
 
 BUILTIN = {
     # Myrtle.ai part 5: 94% recipe lr 0.4, alpha 5e-4, rho 0.9 -> effective decay 2e-3, the range's log-centre.
@@ -186,39 +188,51 @@ class Space:
         return point
 
     def check_against(self, base: Config) -> None:
-        """Fail early (before any trial) on ranges the config rejects, or an LR that cannot be derived."""
+        """Fail early (before any trial) on a value that no trial could use, or an LR that cannot be derived.
+
+        Each value (a choice, or a range's ends) must give a valid config in at least one setting of the space's
+        other parameters (their choices, their ranges' ends): say one policy, where the value is a warm-up that
+        another policy's peak rules out. A space too large to try every setting (MAX_SETTINGS) is not refused on
+        this ground. A combination that only some trials draw can still be invalid: such a trial fails alone,
+        with the reason in one line.
+        """
         for p in self.params:
             if p.key is None:
                 continue
             for value in p.choices if p.type == "categorical" else (p.low, p.high):
                 value = int(value) if p.type == "int" else value
-                try:
-                    base.with_overrides({**self._companions(p, value), p.key: value})
-                except UserError as err:
-                    raise UserError(f"space {self.source}: {p.name} = {value!r} is invalid: {err}") from err
+                first_error: UserError | None = None
+                settings = list(itertools.islice(self._settings(p, value), MAX_SETTINGS + 1))
+                for setting in settings:
+                    try:
+                        base.with_overrides({**setting, p.key: value})
+                        break
+                    except UserError as err:
+                        first_error = first_error or err
+                else:
+                    if len(settings) <= MAX_SETTINGS:  # every setting tried, and none takes this value
+                        raise UserError(f"space {self.source}: {p.name} = {value!r} is invalid: {first_error}")
         names = set(self.names)
         searches_decay = "weight_decay" in names or "optim.weight_decay" in names
         if EFFECTIVE_DECAY in names and not searches_decay and base.optim.weight_decay <= 0:
             raise UserError("space: effective_decay needs weight_decay > 0 (sample it or set optim.weight_decay)")
 
-    def _companions(self, param: Param, value: Any) -> dict[str, Any]:
-        """Overrides a value is checked with: the values its own conditions name, and a first value of each
-        conditional parameter that applies along with them (e.g. milestones with policy step)."""
-        drawn = {name: allowed[0] for name, allowed in param.when}
-        drawn[param.name] = value
-        out = {}
-        for q in self.params:
-            if q is param or q.key is None:
-                continue
-            if q.name in drawn and q.name != param.name:
-                out[q.key] = drawn[q.name]
-            elif q.when and q.applies(drawn):
-                out[q.key] = q.choices[0] if q.type == "categorical" else _first(q)
-        return out
+    def _settings(self, param: Param, value: Any) -> Iterator[dict[str, Any]]:
+        """Overrides to check ``param = value`` with: each setting of the other parameters (categorical ones at
+        each choice, numeric ones at each end of their range) in which ``param`` is drawn, those not drawn left out."""
+        others = [q for q in self.params if q is not param and q.key is not None]
+        options = [q.choices if q.type == "categorical" else _ends(q) for q in others]
+        for combo in itertools.product(*options):
+            drawn = {q.name: c for q, c in zip(others, combo, strict=True)}
+            drawn[param.name] = value
+            if param.applies(drawn):
+                yield {q.key: drawn[q.name] for q in others if q.applies(drawn)}
 
 
-def _first(param: Param) -> Any:
-    return int(param.low) if param.type == "int" else param.low
+def _ends(param: Param) -> tuple[Any, ...]:
+    assert param.low is not None and param.high is not None
+    ends = (param.low, param.high) if param.low != param.high else (param.low,)
+    return tuple(int(v) for v in ends) if param.type == "int" else ends
 
 
 def _label(choice: Any) -> Any:
@@ -341,17 +355,19 @@ def _parse_when(raw: Any, params: Sequence[Param], where: str) -> tuple[tuple[st
         return ()
     if not isinstance(raw, Mapping) or not raw:
         raise UserError(f"{where}: when must map categorical parameters to values, e.g. {{schedule.policy: step}}")
-    by_name = {p.name: p for p in params}
+    by_name = {p.name: p for p in params} | {p.key: p for p in params if p.key}  # momentum or optim.momentum
     conditions = []
     for name, values in raw.items():
         param = by_name.get(name)
         if param is None or param.type != "categorical" or name == where.rpartition(": ")[2]:
             raise UserError(f"{where}: when names {name!r}, which is not another categorical parameter of the space")
         allowed = tuple(_frozen(v) for v in (values if isinstance(values, list) else [values]))
+        if not allowed:
+            raise UserError(f"{where}: when {name} names no value, so it would never be searched")
         missing = [v for v in allowed if v not in param.choices]
         if missing:
             raise UserError(f"{where}: when {name} = {missing[0]!r}, which is not one of its choices")
-        conditions.append((name, allowed))
+        conditions.append((param.name, allowed))
     return tuple(conditions)
 
 

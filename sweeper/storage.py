@@ -9,6 +9,7 @@ one line (:class:`StorageUnavailable`), and the heartbeat of the next worker fai
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from collections.abc import Callable, Container, Sequence
@@ -165,7 +166,10 @@ class StaleTrialHandler:
             try:
                 spool = Path(self.runs_dir) / study.study_name / "spool"
                 tracker = Tracker(self.tracker_uri, study.study_name, spool_dir=spool)
-                tracker.end_run(run_id, Outcome.FAILED, reason="worker lost (no heartbeat)")
+                seconds = None
+                if trial.datetime_start is not None:  # the trial's time until the heartbeat was found missing
+                    seconds = (datetime.datetime.now() - trial.datetime_start).total_seconds()
+                tracker.end_run(run_id, Outcome.FAILED, reason="worker lost (no heartbeat)", seconds=seconds)
             except Exception:
                 log.exception("could not end the MLflow run %s of stale trial %d", run_id, trial.number)
         self.retry(study, trial)

@@ -180,18 +180,22 @@ class Tracker:
     def log_artifact_text(self, run_id: str, name: str, text: str) -> None:
         self.queue.submit({"op": "text", "run_id": run_id, "text": text, "name": name})
 
-    def end_run(self, run_id: str, outcome: Outcome, *, reason: str | None = None) -> None:
-        """End a run we did not start here (a dead worker's trial)."""
-        TrialRun(self.queue, run_id).finish(outcome, reason=reason)
+    def end_run(
+        self, run_id: str, outcome: Outcome, *, reason: str | None = None, seconds: float | None = None
+    ) -> None:
+        """End a run this process did not feed (a dead worker's trial, a parent run): its outcome and reason, and
+        ``seconds`` as its trial_seconds when known (no logging share: this process logged none of it)."""
+        TrialRun(self.queue, run_id, fed_here=False).finish(outcome, reason=reason, trial_seconds=seconds)
         self.flush()
 
 
 class TrialRun(Callback):
     """One trial's MLflow run, fed by the trainer's callbacks; ``finish`` ends it with the trial's state."""
 
-    def __init__(self, log_queue: LogQueue, run_id: str) -> None:
+    def __init__(self, log_queue: LogQueue, run_id: str, *, fed_here: bool = True) -> None:
         self.queue = log_queue
         self.run_id = run_id
+        self.fed_here = fed_here  # False: ending a run logged elsewhere, whose times are not ours to measure
         self.logging_seconds = 0.0
         self.started = time.perf_counter()
         self.finished = False
@@ -251,7 +255,9 @@ class TrialRun(Callback):
         if self.finished:
             return
         status = MLFLOW_STATUS[outcome]
-        seconds = trial_seconds if trial_seconds is not None else time.perf_counter() - self.started
+        seconds = trial_seconds
+        if seconds is None and self.fed_here:
+            seconds = time.perf_counter() - self.started
         tags = [["sweeper.state", outcome.value]]
         if reason:
             tags.append(["sweeper.reason", reason[:500]])
@@ -260,10 +266,13 @@ class TrialRun(Callback):
         self.queue.flush()  # the run's own metrics and files first: the drain is part of the logging cost
         self.logging_seconds += time.perf_counter() - t0
         ts = _now_ms()
-        metrics = [["trial_seconds", seconds, ts, 0], ["logging_seconds", self.logging_seconds, ts, 0]]
-        if seconds > 0:
-            metrics.append(["logging_fraction", self.logging_seconds / seconds, ts, 0])
-        self._submit({"op": "batch", "metrics": metrics})
+        metrics = [["trial_seconds", seconds, ts, 0]] if seconds is not None else []
+        if self.fed_here:
+            metrics.append(["logging_seconds", self.logging_seconds, ts, 0])
+            if seconds:
+                metrics.append(["logging_fraction", self.logging_seconds / seconds, ts, 0])
+        if metrics:
+            self._submit({"op": "batch", "metrics": metrics})
         self._submit({"op": "terminate", "status": status})
         self.queue.flush()
         self.finished = True

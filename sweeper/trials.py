@@ -90,9 +90,14 @@ class TrialRunner:
 
     def objective(self, trial: optuna.Trial) -> float:
         ctx = self.ctx
-        overrides = ctx.space.suggest(trial, ctx.config)
         out_dir = Path(ctx.opts.runs_dir) / ctx.opts.name / f"trial-{trial.number:04d}"
-        config = ctx.config.with_overrides({**overrides, "train.out_dir": str(out_dir)})
+        try:
+            overrides = ctx.space.suggest(trial, ctx.config)
+            config = ctx.config.with_overrides({**overrides, "train.out_dir": str(out_dir)})
+        except UserError as err:  # a combination of drawn values the config rejects: this trial fails, alone
+            trial.set_user_attr(REASON, one_line(err, limit=500))
+            log.warning("trial %d draws an invalid config: %s", trial.number, err)
+            raise
         params = {**optim_params(config), **overrides}
         started = time.perf_counter()  # trial_seconds include creating the MLflow run
         tracked = ctx.tracker.trial_run(ctx.parent_run_id, study=ctx.opts.name, number=trial.number, params=params)
@@ -107,6 +112,10 @@ class TrialRunner:
             result = run(config, callbacks=callbacks, splits=self.splits(config), models=self.models)
         except KeyboardInterrupt:
             trial.set_user_attr(REASON, Outcome.INTERRUPTED.value)
+            raise
+        except UserError as err:  # e.g. a drawn batch size larger than the data: one line, no traceback
+            trial.set_user_attr(REASON, one_line(err, limit=500))
+            log.warning("trial %d failed: %s", trial.number, err)
             raise
         except Exception as err:
             trial.set_user_attr(REASON, one_line(err, with_type=True, limit=500))

@@ -260,7 +260,9 @@ def test_lr_find_accuracy_logs_a_parent_and_one_child_per_lr(image_folder: Path,
     ("args", "fragments"),
     [
         (["--lrs", "0.1,fast"], ["--lrs", "'0.1,fast'"]),
-        (["--lrs", "0.1"], ["at least 2 LRs"]),
+        (["--lrs", "0.1"], ["at least 2 different LRs"]),
+        (["--lrs", "0.1,0.1"], ["at least 2 different LRs"]),
+        (["--iters", "50"], ["--iters", "--metric accuracy"]),
         (["--points", "1"], ["--points must be >= 2"]),
         (["--epochs", "0"], ["at least 1 epoch"]),
     ],
@@ -391,3 +393,42 @@ def test_train_records_the_lr_scaled_with_the_batch_size(image_folder: Path, tmp
     assert recorded["lr"] == pytest.approx(0.4 * 32 / 512)  # optim.lr at batch 512, trained at batch 32
     assert recorded["lrs"] == pytest.approx([0.025] * recorded["steps_per_epoch"])
     assert recorded["history"][0]["lr"] == pytest.approx(0.025)
+
+
+def test_lr_find_loss_refuses_the_accuracy_options() -> None:
+    result = invoke("lr-find", "--epochs", "3", "--lrs", "0.1,0.2")
+    assert_user_error(result, "--epochs, --lrs", "--metric loss")
+
+
+def test_lr_find_accuracy_mistakes_leave_no_mlflow_record(image_folder: Path, tmp_path: Path) -> None:
+    result = invoke(
+        "lr-find", "--metric", "accuracy", "--epochs", "3", "--lrs", "0.1,0.2", "--tracking-uri", "sqlite:///m.db",
+        "--data", str(image_folder), "--set", *TINY, "schedule.policy=step", "schedule.milestones=[4]",
+        "train.epochs=6",
+    )  # fmt: skip
+    assert_user_error(result, "schedule.milestones")
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_plot_schedule_all_draws_every_policy_with_and_without_warmup(tmp_path: Path) -> None:
+    out = tmp_path / "all.png"
+    result = invoke("plot", "schedule", "--all", "--out", str(out), "--set", "train.epochs=10")
+    assert result.exit_code == 0, result.output
+    assert_png(out)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "args", "fragment"),
+    [
+        ({"lrs": "abc", "steps_per_epoch": 2}, [], "lrs must be a list of numbers"),
+        ({"lrs": [0.1, 0.2], "steps_per_epoch": "x"}, [], "steps_per_epoch"),
+        ({"lrs": [0.1, 0.2], "steps_per_epoch": 1}, ["--set", "optim.lr=0.2"], "--run draws what a finished run used"),
+    ],
+)
+def test_plot_schedule_run_with_a_broken_record_or_plan_options_exits_2(
+    tmp_path: Path, metrics: dict, args: list[str], fragment: str
+) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics))
+    result = invoke("plot", "schedule", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "f.png"), *args)
+    assert_user_error(result, fragment)

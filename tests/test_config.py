@@ -198,9 +198,16 @@ def test_config_keys_lists_every_dotted_key() -> None:
             {"schedule.warmup_epochs": 24},
             "schedule.warmup_epochs must be shorter than the run (train.epochs = 24), got 24.0",
         ),
-        ({"schedule.warmup_epochs": -1}, "schedule.warmup_epochs must be >= 0, got -1.0"),
+        ({"schedule.warmup_epochs": -1}, "schedule.warmup_epochs must be >= 0 and finite, got -1.0"),
+        ({"schedule.warmup_epochs": float("inf")}, "schedule.warmup_epochs must be >= 0 and finite, got inf"),
+        ({"schedule.min_lr": float("inf")}, "schedule.min_lr must be >= 0 and finite, got inf"),
+        (
+            {"schedule.milestones": [2, float("inf")]},
+            "schedule.milestones must be increasing epochs > 0, got [2.0, inf]",
+        ),
         ({"schedule.warmup": "cosine"}, "schedule.warmup must be one of constant, linear, exponential, got 'cosine'"),
-        ({"schedule.warmup_div": 0.5}, "schedule.warmup_div must be >= 1, got 0.5"),
+        ({"schedule.warmup_div": 0.5}, "schedule.warmup_div must be >= 1 and finite, got 0.5"),
+        ({"schedule.warmup_div": float("inf")}, "schedule.warmup_div must be >= 1 and finite, got inf"),
         (
             {"schedule.warmup_epochs": 6},
             "schedule.peak_epoch (5) must come after the warm-up (schedule.warmup_epochs = 6)",

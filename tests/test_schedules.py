@@ -248,3 +248,18 @@ def test_lr_scales_with_the_batch_size_against_the_reference(scaling: str, facto
     assert schedule_curve(cfg, steps_per_epoch=SPE).lrs == pytest.approx([0.4 * factor] * 24 * SPE)
     same = config(**{"optim.lr_scaling": scaling, "train.batch_size": 512})
     assert same.effective_lr == pytest.approx(0.4)  # at the reference batch size, optim.lr itself
+
+
+def test_a_one_cycle_peak_that_rounds_into_the_warmup_still_rises_from_its_start() -> None:
+    cfg = config(**{"train.epochs": 1, "schedule.warmup_epochs": 0.5, "schedule.peak_epoch": 0.51})
+    curve = schedule_curve(cfg, steps_per_epoch=SPE)
+    assert curve.warmup_steps == 5
+    assert curve.lrs[5] == pytest.approx(0.4 / 25) and max(curve.lrs) == pytest.approx(0.4)
+    crowded = config(**{"train.epochs": 1, "schedule.warmup_epochs": 0.2, "schedule.peak_epoch": 0.21})
+    assert len(schedule_curve(crowded, steps_per_epoch=3).lrs) == 3  # no error from OneCycleLR
+
+
+def test_a_milestone_in_the_last_epoch_still_cuts_the_lr() -> None:
+    cfg = config(**{"train.epochs": 1, "schedule.policy": "step", "schedule.milestones": [0.99]})
+    lrs = schedule_curve(cfg, steps_per_epoch=SPE).lrs
+    assert lrs[-1] == pytest.approx(0.04) and lrs[-2] == pytest.approx(0.4)

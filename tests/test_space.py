@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -135,3 +137,86 @@ def test_a_study_with_lr_scaling_logs_the_trained_lr_and_the_reference_one(image
     assert float(run.data.params["lr"]) == pytest.approx(trial.user_attrs["lr"], rel=1e-5)
     assert float(run.data.params["lr_reference"]) == pytest.approx(reference, rel=1e-5)
     assert float(run.data.params["effective_decay"]) == pytest.approx(p["effective_decay"], rel=1e-5)
+
+
+def test_a_value_valid_under_some_policy_of_the_space_is_accepted(image_folder, tmp_path):
+    """warm-up 1 of 4 epochs rules out the base config's one_cycle peak (5/24 of 4), but not cosine or step."""
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "params": {
+                    "schedule.policy": {"type": "categorical", "choices": ["cosine", "step"]},
+                    "schedule.warmup_epochs": {"type": "categorical", "choices": [0, 1]},
+                    "schedule.milestones": {
+                        "type": "categorical",
+                        "choices": [[2], [3]],
+                        "when": {"schedule.policy": "step"},
+                    },
+                }
+            },
+            sort_keys=False,
+        )
+    )
+    tiny = [*TINY[:-1], "train.epochs=4", "train.device=cpu"]
+    result = invoke("study", "run", "ok", "--data", image_folder, "--space", space, "--n-trials", 2, "--sampler",
+                    "random", "--json", "--set", *tiny)  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
+def test_a_drawn_combination_the_config_rejects_fails_that_trial_in_one_line(image_folder, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "params": {
+                    "train.epochs": {"type": "int", "low": 2, "high": 4},
+                    "schedule.policy": {"type": "categorical", "choices": ["step"]},
+                    "schedule.milestones": {
+                        "type": "categorical",
+                        "choices": [[3], [1]],
+                        "when": {"schedule.policy": "step"},
+                    },
+                }
+            },
+            sort_keys=False,
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeper", "study", "run", "combo", "--data", str(image_folder), "--space", str(space),
+         "--n-trials", "6", "--sampler", "random", "--seed", "0", "--json", "--set", *TINY[:-1], "train.device=cpu"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    trials = optuna.load_study(study_name="combo", storage=f"sqlite:///{tmp_path / 'sweeper.db'}").trials
+    invalid = [t for t in trials if t.params["train.epochs"] <= 3 and t.params["schedule.milestones"] == "[3]"]
+    assert invalid, "seed 0 draws no invalid combination"  # else the test proves nothing
+    for trial in trials:
+        assert (trial.state == optuna.trial.TrialState.FAIL) == (trial in invalid)
+    assert all("schedule.milestones must lie before the last epoch" in t.user_attrs["reason"] for t in invalid)
+
+
+def test_a_condition_may_name_a_parameter_by_its_config_key_but_not_by_no_value():
+    from sweeper.space import parse_space
+
+    space = parse_space(
+        {
+            "params": {
+                "momentum": {"type": "categorical", "choices": [0.8, 0.9]},
+                "optim.label_smoothing": {"type": "float", "low": 0, "high": 0.2, "when": {"optim.momentum": 0.9}},
+            }
+        },
+        source="alias",
+    )
+    assert space.params[1].when == (("momentum", (0.9,)),)
+    with pytest.raises(Exception, match="names no value"):
+        parse_space(
+            {
+                "params": {
+                    "momentum": {"type": "categorical", "choices": [0.8, 0.9]},
+                    "optim.label_smoothing": {"type": "float", "low": 0, "high": 0.2, "when": {"momentum": []}},
+                }
+            },
+            source="empty",
+        )

@@ -9,6 +9,7 @@ import warnings
 
 import typer
 
+from pipelines.errors import UserError
 from sweeper import interrupts
 from sweeper.cli import config as _config
 from sweeper.cli import plot as _plot
@@ -74,7 +75,7 @@ def quiet_libraries() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Optuna logs a trial stopped by Ctrl-C with its traceback and its missing value; we say "interrupted" once
-    logging.getLogger("optuna.study._optimize").addFilter(_not_an_interrupt)
+    logging.getLogger("optuna.study._optimize").addFilter(_quiet_optuna)
     # the heartbeat and TPE's group option are marked experimental; we chose them knowingly (sweeper.storage,
     # sweeper.samplers), so the warning would only repeat that to every user
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -83,10 +84,15 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _not_an_interrupt(record: logging.LogRecord) -> bool:
-    """Optuna's two warnings about a trial stopped by Ctrl-C (its traceback, its missing value) say no more than
-    our "interrupted"."""
-    return not (interrupts.requested() or (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)))
+def _quiet_optuna(record: logging.LogRecord) -> bool:
+    """Optuna's warnings about a trial stopped by Ctrl-C (its traceback, its missing value) say no more than our
+    "interrupted": dropped. A trial that failed on a UserError keeps Optuna's line, without the traceback."""
+    error = record.exc_info[1] if record.exc_info else None
+    if interrupts.requested() or isinstance(error, KeyboardInterrupt):
+        return False
+    if isinstance(error, UserError):
+        record.exc_info = None
+    return True
 
 
 __all__ = ["app", "main"]

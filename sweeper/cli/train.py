@@ -97,9 +97,13 @@ def lr_find(
     max_lr: Annotated[
         float, typer.Option("--max-lr", help="Last LR of the sweep (loss), highest LR (accuracy).")
     ] = 10.0,
-    iters: Annotated[int, typer.Option("--iters", "-n", help="Training steps of the sweep (loss).")] = 100,
-    mode: Annotated[str, typer.Option(help="exp (log-spaced) or linear (loss).")] = "exp",
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of each run.", rich_help_panel=ACCURACY_PANEL)] = 5,
+    iters: Annotated[
+        int | None, typer.Option("--iters", "-n", help="Training steps of the sweep (loss).  [default: 100]")
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="exp (log-spaced) or linear (loss).  [default: exp]")] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Epochs of each run.  [default: 5]", rich_help_panel=ACCURACY_PANEL)
+    ] = None,
     lrs: Annotated[
         str | None,
         typer.Option(
@@ -111,8 +115,11 @@ def lr_find(
         ),
     ] = None,
     points: Annotated[
-        int, typer.Option("--points", help="How many LRs when --lrs is not given.", rich_help_panel=ACCURACY_PANEL)
-    ] = 5,
+        int | None,
+        typer.Option(
+            "--points", help="How many LRs when --lrs is not given.  [default: 5]", rich_help_panel=ACCURACY_PANEL
+        ),
+    ] = None,
     tracking_uri: Annotated[
         str | None,
         typer.Option(
@@ -135,21 +142,30 @@ def lr_find(
 
     Example: sweeper lr-find --metric accuracy --epochs 5 --lrs 0.05,0.1,0.2,0.4,0.8
     """
+    other = (
+        {"--iters": iters, "--mode": mode}
+        if metric is RangeMetric.accuracy
+        else {"--epochs": epochs, "--lrs": lrs, "--points": points, "--tracking-uri": tracking_uri}
+    )
+    given = [name for name, value in other.items() if value is not None]
+    if given:
+        raise UserError(f"{', '.join(given)} do(es) not apply to --metric {metric.value}")
     cfg = resolve_cli_config(config, set_, overrides, **{"data.path": data})
     if metric is RangeMetric.accuracy:
-        _accuracy_range(
-            cfg, lrs=_lrs(lrs, min_lr, max_lr, points), epochs=epochs, tracking_uri=tracking_uri, json_=json_
-        )
+        epochs = 5 if epochs is None else epochs
+        lrs_list = _lrs(lrs, min_lr, max_lr, 5 if points is None else points)
+        _accuracy_range(cfg, lrs=lrs_list, epochs=epochs, tracking_uri=tracking_uri, json_=json_)
         return
     from pipelines.lr_finder import lr_range_test
 
+    iters = 100 if iters is None else iters
     with _steps_bar(iters) as advance:
         result = lr_range_test(
             cfg,
             min_lr=min_lr,
             max_lr=max_lr,
             num_iter=iters,
-            mode=mode,
+            mode=mode or "exp",
             on_step=advance,
             plot_path=Path(cfg.train.out_dir) / "lr_finder.png",
         )
@@ -163,8 +179,17 @@ def lr_find(
         table.add_row(name, f"{lr:.4g}")
     Console().print(table)
     typer.echo(
-        f"suggested max LR (optim.lr) {result.max_lr:.4g}, min LR {result.min_lr:.4g}; plot: {result.plot}"
+        f"suggested max LR {_as_optim_lr(result.max_lr, cfg)}, min LR {result.min_lr:.4g}; plot: {result.plot}"
         + (f"; stopped early at lr {result.diverged_at:.3g} (loss diverged)" if result.diverged_at else "")
+    )
+
+
+def _as_optim_lr(lr: float, cfg: Config) -> str:
+    """An LR to train with, and the optim.lr that gives it (they differ with optim.lr_scaling)."""
+    if cfg.lr_scale == 1:
+        return f"(optim.lr) {lr:.4g}"
+    return (
+        f"{lr:.4g} at batch {cfg.train.batch_size}: optim.lr {lr / cfg.lr_scale:.4g} ({cfg.optim.lr_scaling} scaling)"
     )
 
 
@@ -183,8 +208,14 @@ def _lrs(text: str | None, low: float, high: float, points: int) -> list[float]:
 
 
 def _accuracy_range(cfg: Config, *, lrs: list[float], epochs: int, tracking_uri: str | None, json_: bool) -> None:
-    from pipelines.lr_finder import accuracy_range_test
+    from pipelines.data import load_splits
+    from pipelines.lr_finder import accuracy_range_configs, accuracy_range_test
+    from pipelines.train import check_trainable
     from sweeper.interrupts import InterruptCheck
+
+    configs = accuracy_range_configs(cfg, lrs=lrs, epochs=epochs)  # every mistake before anything is recorded
+    splits = load_splits(cfg.data)
+    check_trainable(configs[0], splits)
 
     plot_path = Path(cfg.train.out_dir) / "lr_accuracy.png"
     bars: list[RichProgress] = []
@@ -198,14 +229,16 @@ def _accuracy_range(cfg: Config, *, lrs: list[float], epochs: int, tracking_uri:
     parent = None
     try:
         if tracking_uri is None:
-            result = accuracy_range_test(cfg, lrs=lrs, epochs=epochs, callbacks=progress, plot_path=plot_path)
+            result = accuracy_range_test(
+                cfg, lrs=lrs, epochs=epochs, splits=splits, callbacks=progress, plot_path=plot_path
+            )
         else:
             from sweeper.range_test import EXPERIMENT, tracked_accuracy_range_test
             from sweeper.tracking import Tracker
 
             tracker = Tracker(tracking_uri, EXPERIMENT, spool_dir=Path("runs") / EXPERIMENT / "spool")
             result, parent = tracked_accuracy_range_test(
-                cfg, lrs=lrs, epochs=epochs, tracker=tracker, plot_path=plot_path, progress=progress
+                cfg, lrs=lrs, epochs=epochs, tracker=tracker, splits=splits, plot_path=plot_path, progress=progress
             )
     finally:
         for bar in bars:
@@ -220,7 +253,9 @@ def _accuracy_range(cfg: Config, *, lrs: list[float], epochs: int, tracking_uri:
         best = " (best)" if p.lr == result.suggested_lr else ""
         table.add_row(f"{p.lr:.4g}", f"{100 * p.accuracy:.2f}%{best}", p.status)
     Console().print(table)
-    typer.echo(f"suggested max LR (optim.lr) {result.suggested_lr:.4g}; plot: {result.plot}")
+    typer.echo(
+        f"suggested max LR (optim.lr) {result.suggested_lr:.4g}; plot: {result.plot}"
+    )  # the LRs tried are optim.lr
 
 
 class _steps_bar:
