@@ -44,11 +44,13 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader subclass
 
 
+MIN_IMAGE_SIZE = 8  # pixels: the network halves its maps three times before the global pool
+
 # Fraction of the run at which One Cycle peaks when schedule.peak_epoch is unset: epoch 5 of 24 (the recipe).
 RECIPE_PEAK_FRACTION = 5 / 24
 
 
-def _recipe_augment() -> tuple[dict[str, Any], ...]:
+def recipe_augment() -> tuple[dict[str, Any], ...]:
     """The recipe's albumentations pipeline as (name + keyword arguments) dicts, in order.
 
     pad 4 (reflect, OpenCV's BORDER_REFLECT_101 = 4) -> random crop 32 -> horizontal flip -> cutout 8x8
@@ -78,6 +80,7 @@ class DataConfig:
     train_limit: int | None = None  # class-balanced subset of the training set (images)
     test_limit: int | None = None  # class-balanced subset of the test set (images)
     val_size: int = 0  # class-balanced validation split held out of train (images)
+    image_size: int | None = None  # resize every image to image_size x image_size (mixed sizes); unset: as they are
     num_workers: int = 2  # DataLoader workers for the per-sample (non-batched) augmentation path
 
     def __post_init__(self) -> None:
@@ -86,6 +89,10 @@ class DataConfig:
             value = getattr(self, name)
             _require(value is None or value > 0, f"data.{name} must be a positive number of images, got {value}")
         _require(self.val_size >= 0, f"data.val_size must be >= 0, got {self.val_size}")
+        _require(
+            self.image_size is None or self.image_size >= MIN_IMAGE_SIZE,
+            f"data.image_size must be at least {MIN_IMAGE_SIZE} (pixels), got {self.image_size}",
+        )
         _require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
@@ -103,7 +110,7 @@ class ModelConfig:
 class AugmentConfig:
     """The training augmentation as an albumentations pipeline: a list of {name: <transform>, **kwargs}."""
 
-    ops: tuple[dict[str, Any], ...] = field(default_factory=_recipe_augment)
+    ops: tuple[dict[str, Any], ...] = field(default_factory=recipe_augment)
     normalize: bool = True  # subtract the training set's channel mean, divide by its std (on the device)
 
     def __post_init__(self) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from pipelines.augment import BatchAugment, SampleDataset
+from pipelines.augment import BatchAugment, SampleDataset, fit_to_size
 from pipelines.config import Config
 from pipelines.data import ImageSet, Splits
 
@@ -41,7 +41,8 @@ class Feeder:
     def __init__(self, config: Config, splits: Splits, device: torch.device) -> None:
         self.config, self.device, self.splits = config, device, splits
         self.batch = config.train.batch_size
-        self.augment = BatchAugment.from_ops(config.augment.ops)
+        self.ops = fit_to_size(config.augment.ops, *splits.train.images.shape[1:3])  # the recipe's, at any size
+        self.augment = BatchAugment.from_ops(self.ops)
         mean, std = splits.channel_stats() if config.augment.normalize else ((0.0,) * 3, (1.0,) * 3)
         # uint8 -> float: (x - 255*mean) / (255*std), one fused multiply-add per pixel
         self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(1, 3, 1, 1)
@@ -85,7 +86,7 @@ class Feeder:
             yield self.normalize(images[start : start + self.batch]), labels[start : start + self.batch]
 
     def _sample_loader(self, train: ImageSet) -> torch.utils.data.DataLoader:
-        dataset = SampleDataset(train.images, train.labels, self.config.augment.ops)
+        dataset = SampleDataset(train.images, train.labels, self.ops)
         generator = torch.Generator().manual_seed(self.config.train.seed)
         workers = self.config.data.num_workers
         return torch.utils.data.DataLoader(

@@ -39,7 +39,8 @@ class Residual(nn.Module):
 
 
 class ResNet9(nn.Module):
-    """images: float (N, 3, 32, 32), normalised -> logits (N, num_classes); softmax is in the loss."""
+    """images: float (N, 3, H, W), normalised, H and W at least 8 (the recipe's 32x32) -> logits (N, num_classes);
+    softmax is in the loss."""
 
     def __init__(self, *, num_classes: int = 10, width: float = 1.0) -> None:
         super().__init__()
@@ -48,7 +49,8 @@ class ResNet9(nn.Module):
         self.layer1 = nn.Sequential(conv_bn(prep, c1, pool=True), Residual(c1))
         self.layer2 = conv_bn(c1, c2, pool=True)
         self.layer3 = nn.Sequential(conv_bn(c2, c3, pool=True), Residual(c3))
-        self.pool = nn.MaxPool2d(4)  # the recipe's maxpool 4: 4x4 maps -> 1x1 for 32x32 inputs
+        # the recipe's maxpool 4 (4x4 maps -> 1x1 for 32x32 inputs), for any size: the max over the whole map
+        self.pool = nn.AdaptiveMaxPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(c3, num_classes, bias=False)
 

@@ -16,8 +16,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pipelines.callbacks import EpochMetrics
+from pipelines.errors import UserError
 
 DPI = 110
+
+
+def check_image_path(path: Path) -> None:
+    """Raise UserError unless matplotlib can save a figure under ``path``'s extension (png, pdf, svg, ...)."""
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise UserError(f"{path}: cannot draw a .{suffix or '(none)'} file; use one of {', '.join(sorted(formats))}")
 
 
 def plot_lr_schedule(

@@ -17,14 +17,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from pipelines import outputs
+from pipelines.augment import build_albumentations, fit_to_size
 from pipelines.callbacks import Callback, CallbackList, EpochMetrics
-from pipelines.config import Config
+from pipelines.config import MIN_IMAGE_SIZE, Config
 from pipelines.data import Splits, load_splits
-from pipelines.errors import UserError
+from pipelines.errors import UserError, one_line
 from pipelines.feed import DeviceSet, Feeder
 from pipelines.model import build_model, count_parameters, reset_parameters
 from pipelines.result import Result
@@ -58,8 +60,9 @@ class ModelCache:
         return model, runner
 
 
-def check_trainable(config: Config, splits: Splits) -> None:
-    """Problems that only show once the data is known; raised before anything is trained or recorded."""
+def check_trainable(config: Config, splits: Splits, *, write_outputs: bool = True) -> None:
+    """Problems that only show once the data is known, or that would only show after training (the augmentation
+    ops, the output folder); raised before anything is trained or recorded."""
     n_train, batch = len(splits.train), config.train.batch_size
     if batch > n_train:
         raise UserError(
@@ -67,6 +70,30 @@ def check_trainable(config: Config, splits: Splits) -> None:
             "lower train.batch_size or raise data.train_limit"
         )
     resolve_device(config.train.device)
+    height, width = splits.train.images.shape[1:3]
+    if min(height, width) < MIN_IMAGE_SIZE:
+        raise UserError(
+            f"the images are {width}x{height}; the network needs at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}: "
+            f"set data.image_size to resize them"
+        )
+    _check_augment(fit_to_size(config.augment.ops, height, width), height, width)
+    if write_outputs:
+        outputs.check_writable(Path(config.train.out_dir), what="train.out_dir")
+
+
+def _check_augment(ops: tuple[dict, ...], height: int, width: int) -> None:
+    """The ops build (unknown names and bad arguments named) and keep the images' size: the test images are not
+    augmented, so a pipeline that resized the training images would train on another picture of the data."""
+    transform = build_albumentations(ops)
+    try:
+        out = transform(image=np.zeros((height, width, 3), dtype=np.uint8))["image"]
+    except Exception as err:  # e.g. a crop larger than the (padded) image: albumentations' own error, in one line
+        raise UserError(f"augment.ops cannot run on {width}x{height} images: {one_line(err)}") from err
+    if tuple(out.shape[:2]) != (height, width):
+        raise UserError(
+            f"augment.ops turn {width}x{height} images into {out.shape[1]}x{out.shape[0]} while the test images "
+            f"stay {width}x{height}: crop back to the images' size (e.g. RandomCrop height={height} width={width})"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,7 +126,7 @@ def run(
     torch.manual_seed(config.train.seed)
     if splits is None:
         splits = load_splits(config.data)  # subsets fixed by data config alone: train.seed varies only training
-    check_trainable(config, splits)
+    check_trainable(config, splits, write_outputs=write_outputs)
     steps_per_epoch = len(splits.train) // config.train.batch_size  # the last partial batch is dropped (Myrtle)
     total_steps = steps_per_epoch * config.train.epochs
 

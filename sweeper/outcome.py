@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from pipelines.result import Result
 
 REASON = "reason"  # the trial's user attribute that says why it did not complete
+RUN_ID = "mlflow_run_id"  # the trial's user attribute naming its MLflow run
+SYNCED_RUN_IDS = "mlflow_synced_run_ids"  # the study's: run ids made while MLflow was down -> the real ones
 
 
 class Outcome(str, enum.Enum):
@@ -46,6 +48,13 @@ def state_label(trial: FrozenTrial) -> str:
     """What tables and JSON show: the outcome of a finished trial, else Optuna's state (running, waiting)."""
     outcome = of_trial(trial)
     return outcome.value if outcome is not None else trial.state.name.lower()
+
+
+def run_id(trial: FrozenTrial, study_attrs: dict) -> str | None:
+    """The trial's MLflow run id: the one it recorded, or the real one `study sync` gave it (a finished trial's
+    attributes cannot change, so the study keeps that mapping)."""
+    recorded = trial.user_attrs.get(RUN_ID)
+    return study_attrs.get(SYNCED_RUN_IDS, {}).get(recorded, recorded)
 
 
 def of_result(result: Result) -> Outcome:

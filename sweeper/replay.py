@@ -10,7 +10,7 @@ from typing import Any
 
 from pipelines.callbacks import Callback
 from pipelines.config import Config
-from pipelines.data import load_splits
+from pipelines.data import Splits, load_splits
 from pipelines.errors import one_line
 from pipelines.result import Result
 from pipelines.train import ModelCache, check_trainable, run
@@ -85,12 +85,20 @@ def replay_source(
             label=f"{study}-trial-{chosen.number}",
             study=study,
             trial_number=chosen.number,
-            trial_run_id=chosen.user_attrs.get("mlflow_run_id"),
+            trial_run_id=outcome.run_id(chosen, st.user_attrs),
             parent_run_id=st.user_attrs.get("mlflow_parent_run_id"),
         )
         return resolve_config(None, tokens, extra=extra, base=base), source
     assert config_file is not None, "replay_source needs a study or a config file"
     return resolve_config(config_file, tokens, extra=extra), ReplaySource(label=config_file.stem)
+
+
+def check_replay(config: Config, *, runs_dir: Path) -> Splits:
+    """Load the data and check that ``config`` can be replayed (before any run is recorded); the data."""
+    first = replay_config(config, seed=config.train.seed, out_dir=runs_dir)
+    splits = load_splits(first.data)
+    check_trainable(first, splits)
+    return splits
 
 
 def replay_config(config: Config, *, seed: int, out_dir: Path) -> Config:
@@ -106,11 +114,12 @@ def replay(
     tracker: Tracker,
     runs_dir: Path = Path("runs"),
     progress: Callable[[int], Sequence[Callback]] | None = None,
+    splits: Splits | None = None,
 ) -> ReplayResult:
     """Train ``config`` once per seed (train.seed, +1, ...), each an MLflow run tagged sweeper.role=replay."""
     models = ModelCache()
     first = replay_config(config, seed=config.train.seed, out_dir=runs_dir)
-    splits = load_splits(first.data)  # once for all seeds, and checked before any run is created
+    splits = splits or load_splits(first.data)  # once for all seeds, and checked before any run is created
     check_trainable(first, splits)
     accuracies: list[float] = []
     results: list[Result] = []

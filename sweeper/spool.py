@@ -1,7 +1,7 @@
 """Delivery of MLflow operations: sent in order by one thread, retried with back-off, spooled when MLflow is down.
 
-An operation is a plain dict (``create``, ``batch``, ``artifact``, ``text``, ``terminate``), so what cannot be
-sent is written as JSON lines (plus copies of the files) to a local spool, and ``sweeper study sync NAME``
+An operation is a plain dict (``create``, ``batch``, ``artifact``, ``text``, ``terminate``, ``reopen``), so what
+cannot be sent is written as JSON lines (plus copies of the files) to a local spool, and ``sweeper study sync NAME``
 replays it later with :func:`sync_spool`. Runs created while MLflow was down get a ``pending-`` id that the
 sync maps to the real one.
 """
@@ -58,6 +58,8 @@ def apply_op(client: MlflowClient, op: Mapping[str, Any], run_ids: Mapping[str, 
         client.log_text(run_id, op["text"], op["name"])
     elif kind == "terminate":
         client.set_terminated(run_id, status=op["status"])
+    elif kind == "reopen":
+        client.update_run(run_id, status="RUNNING")
     else:
         raise ValueError(f"unknown spooled operation {kind!r}")
     return None
@@ -137,8 +139,10 @@ class LogQueue:
         self.spooled += 1
 
 
-def sync_spool(client: MlflowClient, spool_dir: Path) -> dict[str, int]:
+def sync_spool(client: MlflowClient, spool_dir: Path) -> dict[str, Any]:
     """Replay every spooled operation in order; remove what was sent. Raises UserError if MLflow is still down.
+    Returns the operations sent, those MLflow rejected (``skipped``), the files, and the runs created (``run_ids``:
+    pending id -> real id).
 
     Each file is renamed before it is read, so a study still running (appending to its spool) loses nothing;
     pending run ids made while offline are mapped to the runs created here, across files and across syncs
@@ -175,7 +179,8 @@ def sync_spool(client: MlflowClient, spool_dir: Path) -> dict[str, int]:
         files += 1
     if (spool_dir / "files").exists() and not any(spool_dir.glob("*.jsonl")) and not any(spool_dir.glob("*" + SYNCING)):
         shutil.rmtree(spool_dir / "files")
-    return {"operations": sent, "skipped": skipped, "files": files}
+    created = {pending: real for pending, real in run_ids.items() if pending.startswith(PENDING)}
+    return {"operations": sent, "skipped": skipped, "files": files, "run_ids": created}
 
 
 def _mapped_create(op: Mapping[str, Any], run_ids: Mapping[str, str]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from pipelines.errors import UserError, one_line
+from sweeper import outcome
 from sweeper.outcome import Outcome
 from sweeper.overrides import positive_int
 from sweeper.retry import retrying
@@ -82,8 +83,8 @@ def missing_sqlite_file(url: str) -> bool:
 def make_storage(
     url: str | None, *, heartbeat: bool = True, tracker_uri: str | None = None, runs_dir: str = "runs"
 ) -> BaseStorage:
-    """The storage at ``url`` (see :func:`resolve_storage_url`): on a server database with pre-ping, a heartbeat
-    (unless ``heartbeat`` is False: read-only use) and reconnecting calls."""
+    """The storage at ``url`` (see :func:`resolve_storage_url`) with a heartbeat (unless ``heartbeat`` is False:
+    read-only use); on a server database also with pre-ping and reconnecting calls."""
     url = resolve_storage_url(url)
     parsed = parse_storage_url(url)
     kwargs: dict[str, Any] = {}
@@ -93,12 +94,12 @@ def make_storage(
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300}
         if parsed.drivername.startswith("postgresql"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
-        if heartbeat:
-            kwargs.update(
-                heartbeat_interval=env_seconds("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS),
-                grace_period=env_seconds("SWEEPER_GRACE_SECONDS", GRACE_SECONDS),
-                heartbeat_stale_trial_callback=StaleTrialHandler(tracker_uri, runs_dir=runs_dir),
-            )
+    if heartbeat:  # on SQLite too: the next `study run` fails and retries the trial of a process that was killed
+        kwargs.update(
+            heartbeat_interval=env_seconds("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS),
+            grace_period=env_seconds("SWEEPER_GRACE_SECONDS", GRACE_SECONDS),
+            heartbeat_stale_trial_callback=StaleTrialHandler(tracker_uri, runs_dir=runs_dir),
+        )
     try:
         storage = retrying(when=is_disconnect, what="opening the storage")(
             RDBStorage, url, engine_kwargs=engine_kwargs, **kwargs
@@ -161,7 +162,7 @@ class StaleTrialHandler:
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=False)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        run_id = trial.user_attrs.get("mlflow_run_id")
+        run_id = outcome.run_id(trial, study.user_attrs)
         if run_id:
             try:
                 spool = Path(self.runs_dir) / study.study_name / "spool"

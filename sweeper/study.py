@@ -7,8 +7,9 @@ records what workers need to run the same study. Trials are run by ``sweeper.tri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from pipelines.lr_finder import lr_range_test
 from pipelines.train import check_trainable
 from sweeper import outcome, study_plots
 from sweeper.objective import Objective
+from sweeper.outcome import Outcome
 from sweeper.samplers import make_pruner, make_sampler
 from sweeper.space import Space, load_space, space_from_yaml
 from sweeper.storage import make_storage, missing_sqlite_file, parse_storage_url, resolve_storage_url
@@ -100,10 +102,12 @@ def plan_study(
     config: Config | None,
     overrides: Mapping[str, Any] | None = None,
     data: SplitsCache | None = None,
+    keep_recorded: bool = False,
 ) -> StudyPlan:
     """Resolve space and config (given, else the study's recorded ones, else the defaults; ``overrides`` on
     top) and validate them, the data too when ``data`` is given; reads the storage if the study exists and
-    creates nothing (no half-made study)."""
+    creates nothing (no half-made study). ``keep_recorded``: an existing study's recorded space, config, sampler,
+    pruner and objective must not change (UserError naming what would)."""
     storage_url = resolve_storage_url(opts.storage)
     parse_storage_url(storage_url)
     recorded: Mapping[str, Any] = {}
@@ -123,12 +127,45 @@ def plan_study(
         raise UserError(f"unknown objective {opts.objective!r}: use val or test") from err
     if objective is Objective.val and config.data.val_size <= 0:
         raise UserError("objective val needs data.val_size > 0 (a validation split); set it or use --objective test")
+    if keep_recorded and recorded:
+        _refuse_changes(opts, space, config, recorded)
     space.check_against(config)
     sampler = make_sampler(opts.sampler, space, seed=opts.seed)
     pruner = make_pruner(opts.pruner, epochs=config.train.epochs)
     if data is not None:
         check_trainable(config, data.get(config.data))
     return StudyPlan(opts, storage_url, space, config, sampler, pruner)
+
+
+MACHINE_KEYS = ("data.cache_dir",)  # settings of the machine, not of the experiment: free to differ
+
+
+def _refuse_changes(opts: StudyOptions, space: Space, config: Config, recorded: Mapping[str, Any]) -> None:
+    changes = [
+        f"{key} {recorded[key]} -> {new}"
+        for key, new in (("sampler", opts.sampler), ("pruner", opts.pruner), ("objective", opts.objective))
+        if key in recorded and recorded[key] != new
+    ]
+    if "space" in recorded and recorded["space"] != space.to_yaml():
+        changes.append("the space")
+    if "config" in recorded:
+        before = _flat(Config.from_yaml(recorded["config"], source=f"study {opts.name}").to_dict())
+        after = _flat(config.to_dict())
+        changes += [f"{k} {before.get(k)} -> {after.get(k)}" for k in sorted(after) if before.get(k) != after.get(k)
+                    and k not in MACHINE_KEYS]  # fmt: skip
+    if changes:
+        shown = ", ".join(changes[:4]) + (f" and {len(changes) - 4} more" if len(changes) > 4 else "")
+        raise UserError(f"study {opts.name!r} exists with other settings ({shown}); pass --force to record these")
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def open_study(plan: StudyPlan) -> StudyContext:
@@ -150,6 +187,8 @@ def open_study(plan: StudyPlan) -> StudyContext:
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
         raise UserError(f"cannot create study {opts.name!r} in {mask_url(plan.storage_url)}: {one_line(err)}") from err
     attrs = study.user_attrs
+    if attrs.get("mlflow_parent_run_id"):  # ended by the last process that ran the study
+        tracker.reopen(attrs["mlflow_parent_run_id"])
     parent = tracker.parent_run(
         opts.name,
         run_id=attrs.get("mlflow_parent_run_id"),
@@ -178,6 +217,26 @@ def open_study(plan: StudyPlan) -> StudyContext:
         tracker.log_artifact_text(parent, "config.yaml", wanted["config"])
     tracker.flush()
     return StudyContext(study, plan.space, plan.config, tracker, parent, opts)
+
+
+def close_study(ctx: StudyContext, ended: Outcome) -> None:
+    """End the study's parent run as this process leaves it (FINISHED, KILLED or FAILED); the next process that
+    opens the study marks it RUNNING again. With several workers, the last one to leave has the final word."""
+    ctx.tracker.end_run(ctx.parent_run_id, ended)
+
+
+@contextlib.contextmanager
+def holding(ctx: StudyContext) -> Iterator[StudyContext]:
+    """The study open for this block; its parent run ended as the block ends: complete, interrupted or failed."""
+    ended = Outcome.FAILED
+    try:
+        yield ctx
+        ended = Outcome.COMPLETE
+    except KeyboardInterrupt:
+        ended = Outcome.INTERRUPTED
+        raise
+    finally:
+        close_study(ctx, ended)
 
 
 def enqueue_lr_finder(ctx: StudyContext, splits: Splits) -> float:
@@ -226,6 +285,9 @@ def _recorded_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str
 
 
 def list_studies(storage_url: str | None) -> list[dict[str, Any]]:
+    """Name, trials, best value and trial, start time of each study; none for a SQLite file not made yet."""
+    if missing_sqlite_file(resolve_storage_url(storage_url)):
+        return []  # reading must not create the file
     storage = make_storage(storage_url, heartbeat=False)
     out = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
@@ -243,6 +305,9 @@ def list_studies(storage_url: str | None) -> list[dict[str, Any]]:
 
 
 def load_study(storage_url: str | None, name: str) -> optuna.Study:
+    url = resolve_storage_url(storage_url)
+    if missing_sqlite_file(url):  # reading must not create the file
+        raise UserError(f"no study {name!r}: {mask_url(url)} does not exist yet (run `sweeper study run` first)")
     storage = make_storage(storage_url, heartbeat=False)
     try:
         return optuna.load_study(study_name=name, storage=storage)
@@ -250,6 +315,13 @@ def load_study(storage_url: str | None, name: str) -> optuna.Study:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
         where = mask_url(resolve_storage_url(storage_url))
         raise UserError(f"no study {name!r} in {where} (studies: {names})") from err
+
+
+def record_synced_run_ids(storage_url: str | None, name: str, run_ids: Mapping[str, str]) -> None:
+    """Remember which real MLflow run each pending id became (see ``outcome.run_id``)."""
+    study = load_study(storage_url, name)
+    known = dict(study.user_attrs.get(outcome.SYNCED_RUN_IDS, {}))
+    study.set_user_attr(outcome.SYNCED_RUN_IDS, {**known, **run_ids})
 
 
 def study_space(study: optuna.Study) -> Space:
@@ -267,6 +339,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One dict per trial: number, state, value (the last reported while it runs), epoch, params, lr, test
     accuracy, seconds and MLflow run id."""
     rows = []
+    attrs = study.user_attrs
     for t in study.trials:
         seconds = None
         if t.datetime_complete and t.datetime_start:
@@ -283,7 +356,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "lr": t.user_attrs.get("lr"),
                 "test_accuracy": t.user_attrs.get("test_accuracy"),
                 "seconds": seconds,
-                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                "mlflow_run_id": outcome.run_id(t, attrs),
             }
         )
     return rows

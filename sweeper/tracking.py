@@ -180,6 +180,10 @@ class Tracker:
     def log_artifact_text(self, run_id: str, name: str, text: str) -> None:
         self.queue.submit({"op": "text", "run_id": run_id, "text": text, "name": name})
 
+    def reopen(self, run_id: str) -> None:
+        """Mark an ended run RUNNING again (a study's parent run, when a new process runs the study)."""
+        self.queue.submit({"op": "reopen", "run_id": run_id})
+
     def end_run(
         self, run_id: str, outcome: Outcome, *, reason: str | None = None, seconds: float | None = None
     ) -> None:

@@ -26,7 +26,7 @@ from pipelines.train import ModelCache, run
 from sweeper import interrupts, outcome
 from sweeper.interrupts import InterruptCheck
 from sweeper.objective import Objective, objective_value
-from sweeper.outcome import REASON, Outcome
+from sweeper.outcome import REASON, RUN_ID, Outcome
 from sweeper.space import Space, optim_params
 from sweeper.storage import StorageUnavailable
 from sweeper.study import StudyContext
@@ -52,16 +52,19 @@ class StudyObserver:
 
 
 class TrialReporter(Callback):
-    """Reports the objective each epoch so pruners can act; relays epochs to the observer."""
+    """Reports the objective each epoch so pruners can act (not after the last: the trial is complete then);
+    relays epochs to the observer."""
 
-    def __init__(self, trial: optuna.Trial, objective: Objective, observer: StudyObserver) -> None:
-        self.trial, self.objective, self.observer = trial, objective, observer
+    def __init__(self, trial: optuna.Trial, objective: Objective, observer: StudyObserver, *, epochs: int) -> None:
+        self.trial, self.objective, self.observer, self.epochs = trial, objective, observer, epochs
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
         self.observer.on_epoch(self.trial.number, metrics, objective_value(self.objective, metrics))
 
     def should_stop(self, metrics: EpochMetrics) -> str | None:
         self.trial.report(objective_value(self.objective, metrics), metrics.epoch)
+        if metrics.epoch >= self.epochs:
+            return None
         return Outcome.PRUNED.value if self.trial.should_prune() else None
 
 
@@ -102,11 +105,11 @@ class TrialRunner:
         started = time.perf_counter()  # trial_seconds include creating the MLflow run
         tracked = ctx.tracker.trial_run(ctx.parent_run_id, study=ctx.opts.name, number=trial.number, params=params)
         self._open[trial.number] = _Open(trial, tracked, started)
-        trial.set_user_attr("mlflow_run_id", tracked.run_id)
+        trial.set_user_attr(RUN_ID, tracked.run_id)
         trial.set_user_attr("config", config.to_yaml())
         trial.set_user_attr("lr", config.effective_lr)  # the peak LR trained with
         self.observer.on_trial_start(trial.number, dict(trial.params), lr=config.effective_lr)
-        reporter = TrialReporter(trial, ctx.objective, self.observer)
+        reporter = TrialReporter(trial, ctx.objective, self.observer, epochs=config.train.epochs)
         try:
             callbacks = [tracked, reporter, InterruptCheck()]
             result = run(config, callbacks=callbacks, splits=self.splits(config), models=self.models)

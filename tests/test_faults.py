@@ -79,6 +79,8 @@ def test_killed_worker_trial_is_failed_retried_and_its_run_ended(image_folder, m
     run = MlflowClient(mlflow_server.uri).get_run(dead.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"
     assert run.data.tags["sweeper.state"] == "failed"
+    assert run.data.tags["sweeper.reason"] == "worker lost (no heartbeat)"
+    assert 0 < run.data.metrics["trial_seconds"] < 600 and "logging_fraction" not in run.data.metrics
 
 
 @pytest.mark.slow
@@ -161,9 +163,12 @@ def test_mlflow_outage_mid_study_is_spooled_and_synced(image_folder, tmp_path):
         assert list(spool.glob("*.jsonl")), "nothing was spooled"
 
         server.start()
-        synced = CliRunner().invoke(app, ["study", "sync", "outage", "--tracking-uri", server.uri, "--json"])
+        synced = CliRunner().invoke(
+            app, ["study", "sync", "outage", "--tracking-uri", server.uri, "--storage", storage, "--json"]
+        )
         assert synced.exit_code == 0, synced.output
-        assert json.loads(synced.stdout)["operations"] > 0
+        done = json.loads(synced.stdout)
+        assert done["operations"] > 0 and done["run_ids"] and done["run_ids_recorded"]
         assert not list(spool.glob("*.jsonl"))
         client = MlflowClient(server.uri)
         exp = client.get_experiment_by_name("outage")
@@ -174,6 +179,9 @@ def test_mlflow_outage_mid_study_is_spooled_and_synced(image_folder, tmp_path):
             assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == 3
             names = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
             assert names == {"plots/lr_schedule.png", "plots/curves.png", "plots/misclassified.png"}
+        shown = CliRunner().invoke(app, ["study", "show", "outage", "--storage", storage, "--json"])
+        recorded = sorted(t["mlflow_run_id"] for t in json.loads(shown.stdout)["trials"])
+        assert recorded == sorted(r.info.run_id for r in children)  # the real ids, no pending- placeholder
     finally:
         server.stop()
 
@@ -222,6 +230,16 @@ def _bad_inputs(root: Path, good: Path) -> dict[str, tuple[list[str], str]]:
         "folder without train and test": (["--data", str(root / "flat")], "train"),
         "different classes": (["--data", str(mismatch)], "cross"),
         "malformed storage url": ([*data, "--storage", "postgres//oops"], "storage"),
+        "unknown augmentation op": (
+            [*data, "--set", *TINY, 'augment.ops=[{"name": "Blurr"}]'],
+            "Blurr",
+        ),
+        "negative timeout": ([*data, "--timeout", "-5"], "--timeout"),
+        "runs dir that is a file": ([*data, "--runs-dir", str(root / "invalid.yaml")], "--runs-dir"),
+        "tracking uri of an unknown scheme": (
+            [*data, "--set", *TINY, "--tracking-uri", "ftp://u:pw@host/x"],
+            "tracking URI",
+        ),
         "unreachable database": (
             [*data, "--storage", f"postgresql+psycopg2://u:pw@127.0.0.1:{free_port()}/x"],
             "storage",

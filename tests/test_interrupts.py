@@ -87,3 +87,5 @@ def test_a_stop_signal_at_any_moment_exits_130_with_one_line_and_records_the_tri
     experiment = client.get_experiment_by_name("stop")
     trial_runs = client.search_runs([experiment.experiment_id], "tags.`sweeper.role` = 'trial'")
     assert [r.info.status for r in trial_runs] == ["KILLED"]
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`sweeper.role` = 'study'")
+    assert parent.info.status == "KILLED"  # the study's run ends with its process, not left RUNNING

@@ -59,7 +59,7 @@ def test_a_running_trial_shows_the_objective_the_pruner_sees():
     trial = study.ask()
     view = LiveStudyView("s", space=load_space("reparam"), objective=Objective.test)
     view.on_trial_start(trial.number, {"effective_decay": 2e-3, "momentum": 0.9, "weight_decay": 5e-4}, lr=0.4)
-    reporter = TrialReporter(trial, Objective.test, view)
+    reporter = TrialReporter(trial, Objective.test, view, epochs=3)
     epoch = metrics(val=0.5, test=0.8)
     reporter.on_epoch(epoch)
     assert reporter.should_stop(epoch) is None

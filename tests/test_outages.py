@@ -101,7 +101,8 @@ def test_connections_refused_for_seconds_mid_trial_do_not_end_the_worker(image_f
         proc.kill()
     assert outage.cuts >= 1, "the outage never caught the worker's connection open"
     study = optuna.load_study(study_name="refused", storage=pg_url)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert len(study.trials) == 2  # recorded, none failed or left running (a random λ may diverge: pruned)
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
     assert "Traceback" not in log.read_text()
 
 

@@ -37,17 +37,21 @@ class CommandLines:
     """Every process's command line, read from /proc while a command runs: the workers' included."""
 
     def __init__(self) -> None:
-        self.seen: set[str] = set()
+        self.seen: set[tuple[int, str]] = set()  # (pid, command line): an exited process's reads empty
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self) -> None:
         while not self.stop.is_set():
             for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
                 try:
-                    self.seen.add((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                    line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 except OSError:
                     continue
+                if line:
+                    self.seen.add((int(entry.name), line))
             self.stop.wait(0.2)
 
     def __enter__(self) -> CommandLines:
@@ -62,25 +66,27 @@ class CommandLines:
 @pytest.mark.slow
 @pytest.mark.parametrize("password", [RAW, ENCODED], ids=["raw", "percent-encoded"])
 def test_a_study_on_two_workers_shows_the_password_nowhere(image_folder, mlflow_server, pg_url, tmp_path, password):
+    name = f"secret-{'raw' if password == RAW else 'encoded'}"  # one MLflow server for the session: one experiment each
     storage = pg_url.replace("postgres@", f"postgres:{password}@")  # trust auth: any password connects
     tracking = mlflow_server.uri.replace("http://", f"http://admin:{ENCODED}@")  # requests decodes it for basic auth
     with CommandLines() as processes:
         rc, output = sweeper(
-            "study", "run", "secret", "--workers", 2, "--n-trials", 2, "--data", image_folder, "--storage", storage,
+            "study", "run", name, "--workers", 2, "--n-trials", 2, "--data", image_folder, "--storage", storage,
             "--tracking-uri", tracking, "--sampler", "random", "--set", *TINY, cwd=tmp_path,
         )  # fmt: skip
     assert rc == 0, output[-3000:]
     assert not leaks(output)
-    workers = [line for line in processes.seen if "study run secret" in line and "--n-trials 1" in line]
-    assert len(workers) == 2 and not leaks(" ".join(processes.seen - {p for p in processes.seen if "pytest" in p}))
+    lines = [line for _, line in processes.seen]
+    workers = [line for line in lines if f"study run {name}" in line and "--n-trials 1" in line]
+    assert len(workers) == 2 and not leaks(" ".join(line for line in lines if "pytest" not in line))
     for path in (tmp_path / "runs").rglob("*"):
         if path.is_file() and path.suffix in (".yaml", ".json", ".log", ".jsonl"):
             assert not leaks(path.read_text(errors="ignore")), path
-    study = optuna.load_study(study_name="secret", storage=pg_url)
-    records = [study.user_attrs, study.system_attrs] + [t.user_attrs | t.system_attrs for t in study.trials]
+    study = optuna.load_study(study_name=name, storage=pg_url)
+    records = [study.user_attrs] + [t.user_attrs | t.system_attrs for t in study.trials]
     assert not leaks(json.dumps(records))
     client = MlflowClient(mlflow_server.uri)
-    experiment = client.get_experiment_by_name("secret")
+    experiment = client.get_experiment_by_name(name)
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 3
     assert not leaks(json.dumps([{"params": r.data.params, "tags": r.data.tags} for r in runs]))

@@ -17,6 +17,6 @@ Modules: ``spec`` (ops -> albumentations, descriptions), ``batched`` (the torch 
 
 from pipelines.augment.batched import BatchAugment
 from pipelines.augment.sample import SampleDataset
-from pipelines.augment.spec import build_albumentations, describe
+from pipelines.augment.spec import build_albumentations, describe, fit_to_size
 
-__all__ = ["BatchAugment", "SampleDataset", "build_albumentations", "describe"]
+__all__ = ["BatchAugment", "SampleDataset", "build_albumentations", "describe", "fit_to_size"]

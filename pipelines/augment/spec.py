@@ -9,6 +9,7 @@ from typing import Any
 
 import albumentations as A
 
+from pipelines.config import recipe_augment
 from pipelines.errors import UserError, one_line
 
 # OpenCV border modes accepted by albumentations' pads (cv2.BORDER_*), named as numpy/torch name them:
@@ -24,6 +25,26 @@ BORDER_NAMES = {
 
 # The link pydantic appends to each problem it reports; it says nothing about the config.
 _PYDANTIC_LINK = re.compile(r"\s*For further information visit \S+")
+
+
+RECIPE_SIZE = 32  # pixels: the recipe's pipeline is written for 32x32 images (pad 4, crop 32, cutout 8)
+
+
+def fit_to_size(ops: Sequence[Mapping], height: int, width: int) -> tuple[dict[str, Any], ...]:
+    """The recipe's pipeline redrawn for ``height`` x ``width`` images: pad by an eighth of the side (4 of 32),
+    crop back to the image's size, flip, cut out a quarter of the side (8 of 32). Any other pipeline as written."""
+    ops = tuple(dict(op) for op in ops)
+    if ops != recipe_augment() or (height, width) == (RECIPE_SIZE, RECIPE_SIZE):
+        return ops
+    pad_h, pad_w = (max(1, round(side / 8)) for side in (height, width))
+    hole_h, hole_w = (max(1, round(side / 4)) for side in (height, width))
+    pad, crop, flip, cutout = ops
+    return (
+        {**pad, "min_height": height + 2 * pad_h, "min_width": width + 2 * pad_w},
+        {**crop, "height": height, "width": width},
+        flip,
+        {**cutout, "hole_height_range": [hole_h, hole_h], "hole_width_range": [hole_w, hole_w]},
+    )
 
 
 def build_albumentations(ops: Sequence[Mapping]) -> A.Compose:

@@ -24,9 +24,10 @@ CACHE_VERSION = 1  # bump when the decoding or the cache layout changes
 _CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels", "classes")
 
 
-def cache_path(cache_dir: Path, digest: str) -> Path:
-    """The cache file of the source whose content digest is ``digest``."""
-    return cache_dir / f"images-{digest}-v{CACHE_VERSION}.npz"
+def cache_path(cache_dir: Path, digest: str, *, size: int | None = None) -> Path:
+    """The cache file of the source whose content digest is ``digest`` (resized to ``size`` when given)."""
+    resized = f"-{size}px" if size is not None else ""
+    return cache_dir / f"images-{digest}-v{CACHE_VERSION}{resized}.npz"
 
 
 def file_digest(path: Path) -> str:

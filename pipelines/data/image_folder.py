@@ -51,7 +51,9 @@ def _image_extensions() -> set[str]:
     return _EXTENSIONS
 
 
-def decode_image_folder(tree: Tree, root: str, progress: Progress | None) -> tuple[ImageSet, ImageSet, tuple[str, ...]]:
+def decode_image_folder(
+    tree: Tree, root: str, progress: Progress | None, *, size: int | None = None
+) -> tuple[ImageSet, ImageSet, tuple[str, ...]]:
     """The train and test sets of the ImageFolder at ``root``; classes are the sorted class folder names.
 
     Train and test must have the same classes, each with at least one image, and every image the same size.
@@ -78,7 +80,7 @@ def decode_image_folder(tree: Tree, root: str, progress: Progress | None) -> tup
     }
     total = sum(len(f) for f in files.values())
     log.info("decoding %d images from %s", total, tree.origin)
-    decoder = _Decoder(tree, total, progress)
+    decoder = _Decoder(tree, total, progress, size=size)
     train, test = (decoder.decode(files[split]) for split in ("train", "test"))
     return train, test, classes
 
@@ -109,8 +111,8 @@ def _class_files(tree: Tree, split_dir: str) -> dict[str, list[str]]:
 class _Decoder:
     """Decodes files of a tree to one shared image size, reporting progress across calls."""
 
-    def __init__(self, tree: Tree, total: int, progress: Progress | None) -> None:
-        self.tree, self.total, self.progress = tree, total, progress
+    def __init__(self, tree: Tree, total: int, progress: Progress | None, *, size: int | None = None) -> None:
+        self.tree, self.total, self.progress, self.size = tree, total, progress, size
         self.done = 0
         self.first: tuple[str, tuple[int, ...]] | None = None  # (file, shape) every image must match
 
@@ -118,14 +120,14 @@ class _Decoder:
         images: np.ndarray | None = None
         labels = np.array([label for _, label in files], dtype=np.int64)
         for i, (rel, _) in enumerate(files):
-            image = _decode_image(self.tree.read(rel), self.tree.where(rel))
+            image = _decode_image(self.tree.read(rel), self.tree.where(rel), size=self.size)
             if self.first is None:
                 self.first = (rel, image.shape)
             elif image.shape != self.first[1]:
                 (h, w), (fh, fw) = image.shape[:2], self.first[1][:2]
                 raise UserError(
                     f"{self.tree.where(rel)} is {w}x{h} but {self.tree.where(self.first[0])} is {fw}x{fh}: "
-                    "all images must have the same size"
+                    "all images must have the same size: set data.image_size (e.g. data.image_size=32) to resize them"
                 )
             if images is None:
                 images = np.empty((len(files), *image.shape), dtype=np.uint8)
@@ -138,11 +140,15 @@ class _Decoder:
         return ImageSet(images, labels)
 
 
-def _decode_image(data: bytes, where: str) -> np.ndarray:
-    """One image file's bytes as uint8 (H, W, 3) RGB."""
+def _decode_image(data: bytes, where: str, *, size: int | None = None) -> np.ndarray:
+    """One image file's bytes as uint8 (H, W, 3) RGB (grayscale and palette images expanded), resized to
+    ``size`` x ``size`` when given."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
+            rgb = image.convert("RGB")
+            if size is not None and rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
+            return np.asarray(rgb)
     except UnidentifiedImageError as err:
         raise UserError(f"{where} is not a readable image (unknown or damaged format)") from err
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError ...

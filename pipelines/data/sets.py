@@ -112,3 +112,15 @@ def _balanced_quota(counts: list[int], n: int) -> list[int]:
             left -= counts[c]
         open_classes = [c for c in open_classes if c not in full]
     return quota
+
+
+def resized(images: ImageSet, size: int | None) -> ImageSet:
+    """``images`` at ``size`` x ``size`` pixels (Lanczos, as Pillow does it), or as they are for None or that size."""
+    if size is None or images.images.shape[1:3] == (size, size):
+        return images
+    from PIL import Image  # late: only a resize needs it
+
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(images.images):  # a one-off when the data is first loaded, then cached
+        out[i] = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
+    return ImageSet(out, images.labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from pipelines.config import DataConfig
 from pipelines.data.cache import cache_path, file_digest, listing_digest, read_cache, write_cache
 from pipelines.data.cifar_batches import decode_cifar_batches, find_cifar_batches, is_batch_file
 from pipelines.data.image_folder import decode_image_folder, find_image_folder, is_image_name
-from pipelines.data.sets import ImageSet, Progress, Splits, balanced_subset
+from pipelines.data.sets import ImageSet, Progress, Splits, balanced_subset, resized
 from pipelines.data.trees import Tree, open_tree
 from pipelines.errors import UserError
 
@@ -26,10 +27,10 @@ OFFLINE_MESSAGE = (
 
 
 def load_source(
-    path: str, *, cache_dir: str | Path, progress: Progress | None = None
+    path: str, *, cache_dir: str | Path, progress: Progress | None = None, image_size: int | None = None
 ) -> tuple[ImageSet, ImageSet, tuple[str, ...]]:
     """The full train set, the full test set and the class names of ``path`` (see the package doc for sources)."""
-    loaded = _load(path, cache_dir=cache_dir, progress=progress)
+    loaded = _load(path, cache_dir=cache_dir, progress=progress, size=image_size)
     return loaded.train, loaded.test, loaded.classes
 
 
@@ -54,7 +55,7 @@ def load_splits(cfg: DataConfig, *, seed: int = 0, progress: Progress | None = N
     ``seed`` picks the subsets (the same seed gives the same images); the validation split is class-balanced,
     taken from the (limited) train set and disjoint from what remains of it. Order within a split is the source's.
     """
-    loaded = _load(cfg.path, cache_dir=cfg.cache_dir, progress=progress)
+    loaded = _load(cfg.path, cache_dir=cfg.cache_dir, progress=progress, size=cfg.image_size)
     train, test = loaded.train, loaded.test
     if cfg.train_limit is not None and cfg.train_limit < len(train):
         train = train.subset(balanced_subset(train.labels, cfg.train_limit, seed=seed))
@@ -90,10 +91,11 @@ class _Loaded:
     source: str
 
 
-def _load(path: str, *, cache_dir: str | Path, progress: Progress | None) -> _Loaded:
+def _load(path: str, *, cache_dir: str | Path, progress: Progress | None, size: int | None = None) -> _Loaded:
     cache = Path(cache_dir).expanduser()
     if path == TORCHVISION_CIFAR10:
-        return _load_torchvision_cifar10(cache / "cifar10")
+        loaded = _load_torchvision_cifar10(cache / "cifar10")
+        return dataclasses.replace(loaded, train=resized(loaded.train, size), test=resized(loaded.test, size))
     source = Path(path).expanduser()
     if not source.exists():
         raise UserError(f"data path {path} does not exist")
@@ -103,14 +105,14 @@ def _load(path: str, *, cache_dir: str | Path, progress: Progress | None) -> _Lo
     else:
         digest = file_digest(source)
         label = f"{source.name} (sha256 {digest[:8]}...)"
-    cache_file = cache_path(cache, digest)
+    cache_file = cache_path(cache, digest, size=size)
     cached = read_cache(cache_file)
     if cached is not None:
         log.info("data %s: decoded arrays from the cache %s", label, cache_file)
         return _Loaded(*cached, source=label)
     tree = open_tree(source, wanted=_wanted)
     try:
-        train, test, classes = _decode_tree(tree, progress)
+        train, test, classes = _decode_tree(tree, progress, size)
     finally:
         tree.close()
     write_cache(cache_file, train, test, classes)
@@ -123,13 +125,14 @@ def _wanted(rel: str) -> bool:
     return is_image_name(name) or is_batch_file(name)
 
 
-def _decode_tree(tree: Tree, progress: Progress | None) -> tuple[ImageSet, ImageSet, tuple[str, ...]]:
-    """CIFAR-10's pickled layout when the tree holds one, else an ImageFolder layout."""
+def _decode_tree(tree: Tree, progress: Progress | None, size: int | None) -> tuple[ImageSet, ImageSet, tuple[str, ...]]:
+    """CIFAR-10's pickled layout when the tree holds one, else an ImageFolder layout; resized to ``size``."""
     cifar_dir = find_cifar_batches(tree)
     if cifar_dir is not None:
-        return decode_cifar_batches(tree, cifar_dir, progress)
+        train, test, classes = decode_cifar_batches(tree, cifar_dir, progress)
+        return resized(train, size), resized(test, size), classes
     root = find_image_folder(tree)
-    return decode_image_folder(tree, root, progress)
+    return decode_image_folder(tree, root, progress, size=size)
 
 
 def _load_torchvision_cifar10(root: Path) -> _Loaded:

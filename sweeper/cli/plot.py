@@ -55,7 +55,10 @@ def plot_schedule(
     Example: sweeper plot schedule --set schedule.policy=cosine schedule.warmup_epochs=2 schedule.warmup=linear
     """
     from pipelines import plots
+    from pipelines.outputs import check_writable
 
+    plots.check_image_path(out)
+    check_writable(out, what="--out", folder=False)
     if run is not None:
         if config is not None or set_ or overrides or train_size is not None or every:
             raise UserError(

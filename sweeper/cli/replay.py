@@ -47,8 +47,9 @@ def replay(
 
     Each run is an MLflow run tagged sweeper.role=replay, linked to its source trial; weights are kept.
     """
+    from pipelines.outputs import check_writable
+    from sweeper.replay import check_replay, replay_source
     from sweeper.replay import replay as do_replay
-    from sweeper.replay import replay_source
     from sweeper.tracking import Tracker
 
     words = list(source or [])
@@ -68,6 +69,8 @@ def replay(
         tokens=toks,
         extra={"data.path": data} if data else None,
     )
+    check_writable(runs_dir, what="--runs-dir")
+    splits = check_replay(cfg, runs_dir=runs_dir)  # data and config problems before MLflow records anything
     tracker = Tracker(tracking_uri, src.experiment, spool_dir=runs_dir / src.experiment / "spool")
     bars: list[RichProgress] = []
 
@@ -78,7 +81,9 @@ def replay(
         return bars
 
     try:
-        result = do_replay(cfg, source=src, seeds=seeds, tracker=tracker, runs_dir=runs_dir, progress=progress)
+        result = do_replay(
+            cfg, source=src, seeds=seeds, tracker=tracker, runs_dir=runs_dir, progress=progress, splits=splits
+        )
     finally:
         for bar in bars:
             bar.close()

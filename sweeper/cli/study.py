@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipelines.errors import UserError
+from sweeper import outcome
 from sweeper.cli._common import (
     ConfigOpt,
     DataOpt,
@@ -132,17 +133,23 @@ def init(
     sampler: SamplerOpt = None,
     pruner: PrunerOpt = None,
     objective: ObjectiveOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Record other settings for a study that exists (its trials stay).")
+    ] = False,
 ) -> None:
     """Create the study, its MLflow experiment and parent run, recording space and config (idempotent).
 
-    Run it once before starting many workers, so they never race to create them.
+    Run it once before starting many workers, so they never race to create them. Run again on an existing study,
+    it refuses other settings than the recorded ones unless --force.
     """
     from pipelines.data import SplitsCache
-    from sweeper.study import open_study, plan_study
+    from sweeper.study import close_study, open_study, plan_study
 
     sp, cfg, changes = _study_inputs(config, set_, overrides, data, space)
     opts = _opts(name, storage=storage, tracking=tracking_uri, sampler=sampler, pruner=pruner, objective=objective)
-    ctx = open_study(plan_study(opts, space=sp, config=cfg, overrides=changes, data=SplitsCache()))
+    plan = plan_study(opts, space=sp, config=cfg, overrides=changes, data=SplitsCache(), keep_recorded=not force)
+    ctx = open_study(plan)
+    close_study(ctx, Outcome.COMPLETE)  # made and recorded; `study run` marks it RUNNING again
     typer.echo(
         f"study {name!r} ready: {len(ctx.study.trials)} trials so far; MLflow experiment {ctx.tracker.experiment_id}, "
         f"parent run {ctx.parent_run_id}"
@@ -211,12 +218,16 @@ def run_cmd(
     --set data.train_limit=5000 data.test_limit=1000 data.val_size=1000 model.width=0.25 train.epochs=2
     """
     from pipelines.data import SplitsCache
-    from sweeper.study import enqueue_lr_finder, open_study, plan_study
+    from pipelines.outputs import check_writable
+    from sweeper.study import enqueue_lr_finder, holding, open_study, plan_study
     from sweeper.trials import TrialRunner
     from sweeper.workers import needs_processes, plan_workers
 
     if n_trials is not None and n_trials < 1:
         raise UserError(f"--n-trials must be >= 1, got {n_trials}")
+    if timeout is not None and not timeout > 0:
+        raise UserError(f"--timeout must be a positive number of seconds, got {timeout}")
+    check_writable(runs_dir, what="--runs-dir")
     sp, cfg, changes = _study_inputs(config, set_, overrides, data, space)
     opts = _opts(
         name,
@@ -236,20 +247,20 @@ def run_cmd(
     in_processes = needs_processes(worker_plan, gpus=gpus)
     if from_lr_finder and in_processes:
         raise UserError("--from-lr-finder runs in one process: enqueue it with a single `study run` first")
-    ctx = open_study(study_plan)
-    if in_processes:
-        assert worker_plan is not None
-        _run_workers(ctx, worker_plan, timeout=timeout, json_=json_)
-        return
-    view = LiveStudyView(name, space=ctx.space, objective=ctx.objective, quiet=json_)
-    runner = TrialRunner(ctx, observer=view, data=cache)
-    if from_lr_finder:
-        err_console.print("running the LR range test for --from-lr-finder ...")
-        lr = enqueue_lr_finder(ctx, runner.splits(ctx.config))
-        err_console.print(f"enqueued a trial at lr {lr:.4g} (LR range test valley)")
-    with view:
-        study = runner.run(n_trials=n_trials, timeout=timeout)
-        plots = _finish(ctx)
+    with holding(open_study(study_plan)) as ctx:
+        if in_processes:
+            assert worker_plan is not None
+            _run_workers(ctx, worker_plan, timeout=timeout, json_=json_)
+            return
+        view = LiveStudyView(name, space=ctx.space, objective=ctx.objective, quiet=json_)
+        runner = TrialRunner(ctx, observer=view, data=cache)
+        if from_lr_finder:
+            err_console.print("running the LR range test for --from-lr-finder ...")
+            lr = enqueue_lr_finder(ctx, runner.splits(ctx.config))
+            err_console.print(f"enqueued a trial at lr {lr:.4g} (LR range test valley)")
+        with view:
+            study = runner.run(n_trials=n_trials, timeout=timeout)
+            plots = _finish(ctx)
     from sweeper.study import trial_rows
 
     rows = trial_rows(study)
@@ -314,11 +325,16 @@ def _run_workers(ctx: StudyContext, plan: list[Any], *, timeout: float | None, j
 def sync(
     name: NameArg,
     tracking_uri: TrackingOpt = None,
+    storage: StorageOpt = None,
     runs_dir: RunsOpt = Path("runs"),
     json_: JsonOpt = False,
 ) -> None:
-    """Upload what was spooled while MLflow was unreachable (runs/NAME/spool), in order, then remove it."""
+    """Upload what was spooled while MLflow was unreachable (runs/NAME/spool), in order, then remove it.
+
+    Trials whose MLflow run was created by the sync get its id recorded in the study (the --storage it ran on).
+    """
     from sweeper.spool import sync_spool
+    from sweeper.study import record_synced_run_ids
     from sweeper.tracking import Tracker
 
     spool = runs_dir / name / "spool"
@@ -326,10 +342,20 @@ def sync(
         raise UserError(f"nothing to sync: no spool at {spool}")
     tracker = Tracker(tracking_uri, name, spool_dir=spool)
     done = sync_spool(tracker.client, spool)
+    unrecorded = None
+    if done["run_ids"]:
+        try:
+            record_synced_run_ids(storage, name, done["run_ids"])
+        except UserError as err:  # MLflow has everything; only the study's pointers to it are missing
+            unrecorded = str(err)
     if json_:
-        print_json(done)
+        print_json({**done, "run_ids_recorded": unrecorded is None})
         return
     typer.echo(f"synced {done['operations']} operations from {done['files']} spool files to {mask_url(tracker.uri)}")
+    if done["skipped"]:
+        typer.echo(f"{done['skipped']} operations were rejected by MLflow and skipped: see the warnings above")
+    if unrecorded:
+        typer.echo(f"the new runs' ids were not recorded in the study ({unrecorded}); pass --storage")
 
 
 @study_app.command("list")
@@ -378,8 +404,11 @@ def best(
     json_: JsonOpt = False,
 ) -> None:
     """Show the best trial of study NAME (and export its config for `sweeper replay FILE`)."""
+    from pipelines.outputs import check_writable
     from sweeper.study import best_trial, load_study
 
+    if export is not None:
+        check_writable(export, what="--export", folder=False)
     study = load_study(storage, name)
     trial = best_trial(study)
     payload = {
@@ -389,7 +418,7 @@ def best(
         "params": trial.params,
         "lr": trial.user_attrs.get("lr"),
         "test_accuracy": trial.user_attrs.get("test_accuracy"),
-        "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"),
+        "mlflow_run_id": outcome.run_id(trial, study.user_attrs),
     }
     if export is not None:
         export.parent.mkdir(parents=True, exist_ok=True)

@@ -47,10 +47,12 @@ def train(
 
     Example: sweeper train --data ../shared/data/cifar10-jpeg.tar.xz --set model.width=0.25 train.epochs=4
     """
+    from pipelines.outputs import check_writable
     from pipelines.train import run
+    from sweeper.interrupts import InterruptCheck
 
     cfg = resolve_cli_config(config, set_, overrides, **{"data.path": data, "train.out_dir": str(out) if out else None})
-    from sweeper.interrupts import InterruptCheck
+    check_writable(Path(cfg.train.out_dir), what="train.out_dir")  # before the data is loaded, not after training
 
     progress = RichProgress()
     try:
@@ -150,7 +152,10 @@ def lr_find(
     given = [name for name, value in other.items() if value is not None]
     if given:
         raise UserError(f"{', '.join(given)} do(es) not apply to --metric {metric.value}")
+    from pipelines.outputs import check_writable
+
     cfg = resolve_cli_config(config, set_, overrides, **{"data.path": data})
+    check_writable(Path(cfg.train.out_dir), what="train.out_dir")  # where the plot goes
     if metric is RangeMetric.accuracy:
         epochs = 5 if epochs is None else epochs
         lrs_list = _lrs(lrs, min_lr, max_lr, 5 if points is None else points)
