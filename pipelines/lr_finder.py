@@ -88,10 +88,7 @@ def lr_range_test(
     device = resolve_device(config.train.device)
     torch.manual_seed(config.train.seed)
     splits = splits or load_splits(config.data)
-    if config.train.batch_size > len(splits.train):
-        raise UserError(
-            f"train.batch_size ({config.train.batch_size}) is larger than the training set ({len(splits.train)})"
-        )
+    check_trainable(config, splits, write_outputs=False)  # batch size, image size, augmentation ops
     if model is None:
         model = build_model(config.model, num_classes=len(splits.classes)).to(device)
     saved = copy.deepcopy(model.state_dict())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,29 +12,8 @@ from torch import nn
 from pipelines import plots
 from pipelines.callbacks import Callback
 from pipelines.config import Config
-from pipelines.errors import UserError
 from pipelines.feed import DeviceSet
 from pipelines.result import Result
-
-
-def check_writable(path: Path, *, what: str, folder: bool = True) -> None:
-    """Raise UserError unless ``path`` (a folder, or a file when ``folder`` is False) can be written: it exists
-    as such and is writable, or the nearest folder above it that exists is. Creates nothing. ``what`` names the
-    setting in the message, e.g. ``train.out_dir``."""
-    path = Path(path).expanduser()
-    if path.exists():
-        if folder != path.is_dir():
-            raise UserError(
-                f"{what} {path} is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'}"
-            )
-        if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
-            raise UserError(f"{what} {path} is not writable")
-        return
-    above = path.absolute().parent
-    while not above.exists():
-        above = above.parent
-    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {path} cannot be created: {above} is not a writable folder")
 
 
 def write(

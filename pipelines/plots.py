@@ -169,8 +169,12 @@ def plot_accuracy_range(
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI)
+    except OSError as err:  # checked before the work, yet a disk fills up, a mount goes away
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from err
+    finally:
+        plt.close(fig)
     return path

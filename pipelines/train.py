@@ -29,6 +29,7 @@ from pipelines.data import Splits, load_splits
 from pipelines.errors import UserError, one_line
 from pipelines.feed import DeviceSet, Feeder
 from pipelines.model import build_model, count_parameters, reset_parameters
+from pipelines.paths import check_writable
 from pipelines.result import Result
 from pipelines.schedules import Plateau, schedule_curve
 
@@ -78,7 +79,7 @@ def check_trainable(config: Config, splits: Splits, *, write_outputs: bool = Tru
         )
     _check_augment(fit_to_size(config.augment.ops, height, width), height, width)
     if write_outputs:
-        outputs.check_writable(Path(config.train.out_dir), what="train.out_dir")
+        check_writable(Path(config.train.out_dir), what="train.out_dir")
 
 
 def _check_augment(ops: tuple[dict, ...], height: int, width: int) -> None:

@@ -1,26 +1,35 @@
 """Ctrl-C and SIGTERM: the first one stops the work, the clean-up after it runs to its end, none is lost.
 
-The CLI's signal handler calls :func:`request`: the first request raises KeyboardInterrupt where the main thread
-is, later ones do not (so a second Ctrl-C cannot cut the recording of the running trial short). Python drops an
-exception raised inside a finaliser or weakref callback ("Exception ignored in ..."), so the request is also
-remembered, and :func:`check` raises it again at the next safe point: every training step and epoch
-(:class:`InterruptCheck`) and every trial's start and end. Signals are per process, hence the module-level flag.
+The CLI's signal handler calls :func:`request`. Where a KeyboardInterrupt may land anywhere (loading data,
+training, a command without trials), the first request raises it at once; later ones never do, so a second
+Ctrl-C cannot cut the recording of the running trial short. While a study runs trials, Optuna's own calls (asking
+for a trial, telling its result, the storage underneath) must not be cut in the middle: :func:`deferred` makes a
+request only a note there, and :func:`allowed` opens the training itself to immediate interrupts again.
+
+Python also drops an exception raised inside a finaliser or weakref callback ("Exception ignored in ..."), so a
+request is always remembered, and :func:`check` raises it at the next safe point: every training step and epoch
+(:class:`InterruptCheck`) and every trial's start and end. Signals are per process, hence the module-level state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 from pipelines.callbacks import Callback, EpochMetrics
 
 _requested = threading.Event()
+_deferred = 0  # nesting depth of deferred() blocks
+_allowed = 0  # nesting depth of allowed() blocks inside them
 
 
 def request() -> bool:
-    """Note a stop request; True for the first one (the caller then raises KeyboardInterrupt)."""
+    """Note a stop request; True when the caller (the signal handler) should raise KeyboardInterrupt now: the
+    first request, outside a deferred block or inside an allowed one."""
     first = not _requested.is_set()
     _requested.set()
-    return first
+    return first and (_deferred == 0 or _allowed > 0)
 
 
 def requested() -> bool:
@@ -33,9 +42,28 @@ def check() -> None:
         raise KeyboardInterrupt("stop requested")
 
 
-def reset() -> None:
-    """Forget a request (for tests that run several commands in one process)."""
-    _requested.clear()
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A block (a study's trial loop) where a stop request waits for the next safe point."""
+    global _deferred
+    _deferred += 1
+    try:
+        yield
+    finally:
+        _deferred -= 1
+
+
+@contextlib.contextmanager
+def allowed() -> Iterator[None]:
+    """A block inside a deferred one (a trial's training) where a stop request interrupts at once; a request
+    that arrived before it is raised on entry."""
+    global _allowed
+    check()
+    _allowed += 1
+    try:
+        yield
+    finally:
+        _allowed -= 1
 
 
 class InterruptCheck(Callback):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,14 +187,14 @@ class Space:
             point[EFFECTIVE_DECAY] = effective_decay(lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
         return point
 
-    def check_against(self, base: Config) -> None:
+    def check_against(self, base: Config, *, check: Callable[[Config], None] | None = None) -> None:
         """Fail early (before any trial) on a value that no trial could use, or an LR that cannot be derived.
 
         Each value (a choice, or a range's ends) must give a valid config in at least one setting of the space's
         other parameters (their choices, their ranges' ends): say one policy, where the value is a warm-up that
         another policy's peak rules out. A space too large to try every setting (MAX_SETTINGS) is not refused on
         this ground. A combination that only some trials draw can still be invalid: such a trial fails alone,
-        with the reason in one line.
+        with the reason in one line. ``check`` (e.g. against the data) must pass too for a setting to count.
         """
         for p in self.params:
             if p.key is None:
@@ -205,7 +205,9 @@ class Space:
                 settings = list(itertools.islice(self._settings(p, value), MAX_SETTINGS + 1))
                 for setting in settings:
                     try:
-                        base.with_overrides({**setting, p.key: value})
+                        config = base.with_overrides({**setting, p.key: value})
+                        if check is not None:
+                            check(config)
                         break
                     except UserError as err:
                         first_error = first_error or err

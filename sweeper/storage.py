@@ -9,7 +9,6 @@ one line (:class:`StorageUnavailable`), and the heartbeat of the next worker fai
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 from collections.abc import Callable, Container, Sequence
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy
+from mlflow import MlflowClient
 from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat  # the interface Optuna checks for heartbeats; not exported
@@ -25,12 +25,14 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from pipelines.errors import UserError, one_line
-from sweeper import outcome
+from pipelines.paths import check_writable
+from sweeper import interrupts, outcome
 from sweeper.outcome import Outcome
 from sweeper.overrides import positive_int
-from sweeper.retry import retrying
-from sweeper.tracking import Tracker
-from sweeper.urls import absolute_sqlite, is_sqlite, mask_url
+from sweeper.retry import MAX_DELAY, retrying
+from sweeper.spool import LogQueue
+from sweeper.tracking import TrialRun, resolve_tracking_uri
+from sweeper.urls import absolute_sqlite, check_password, is_sqlite, mask_url
 
 if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy
@@ -39,8 +41,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///sweeper.db"
 STORAGE_ENV = "SWEEPER_STORAGE"
-HEARTBEAT_SECONDS = 20  # a running trial's heartbeat period on a server database ($SWEEPER_HEARTBEAT_SECONDS)
-GRACE_SECONDS = 60  # no heartbeat for this long: the trial is failed and retried ($SWEEPER_GRACE_SECONDS)
+HEARTBEAT_SECONDS = 20  # a running trial's heartbeat period ($SWEEPER_HEARTBEAT_SECONDS)
+GRACE_SECONDS = 180  # no heartbeat for this long: the trial is failed and retried ($SWEEPER_GRACE_SECONDS); it
+# must outlast a database outage a worker survives (see outage_seconds), or the trials of live workers get failed
 MAX_RETRY = 2  # retries of a trial whose worker died
 OUTAGE_SECONDS = (
     120  # how long a worker waits for a database that refuses or drops connections ($SWEEPER_DB_OUTAGE_SECONDS)
@@ -63,6 +66,7 @@ def resolve_storage_url(url: str | None) -> str:
 
 
 def parse_storage_url(url: str) -> sqlalchemy.engine.URL:
+    check_password(url, what="storage URL")
     try:
         return sqlalchemy.engine.make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError) as err:
@@ -78,6 +82,18 @@ def missing_sqlite_file(url: str) -> bool:
         return False
     database = parse_storage_url(url).database
     return not database or database == ":memory:" or not Path(database).exists()
+
+
+def check_creatable(url: str) -> None:
+    """Raise UserError when the SQLite file of ``url`` could not be made (its folder missing or read-only),
+    before anything else of a study is."""
+    if is_sqlite(url) and missing_sqlite_file(url):
+        database = parse_storage_url(url).database
+        if database and database != ":memory:":
+            folder = Path(database).parent
+            if not folder.is_dir():  # SQLite makes the file, not the folders above it
+                raise UserError(f"cannot make the storage file {database}: the folder {folder} does not exist")
+            check_writable(Path(database), what="storage file", folder=False)
 
 
 def make_storage(
@@ -110,8 +126,7 @@ def make_storage(
     if is_sqlite(url):
         return storage
     # get_storage wraps an RDBStorage in Optuna's own trial cache, as create_study would; ours goes around it.
-    outage = env_seconds("SWEEPER_DB_OUTAGE_SECONDS", OUTAGE_SECONDS)
-    return ResilientStorage(optuna.storages.get_storage(storage), url=mask_url(url), outage_seconds=outage)
+    return ResilientStorage(optuna.storages.get_storage(storage), url=mask_url(url), outage_seconds=outage_seconds())
 
 
 class StorageUnavailable(UserError):
@@ -120,7 +135,10 @@ class StorageUnavailable(UserError):
 
 def is_connection_error(err: BaseException) -> bool:
     """True when a database call failed on its connection (refused, cut, lost, the server restarting or refusing
-    new connections, a commit whose connection died) rather than on the statement or the credentials."""
+    new connections, a commit whose connection died) rather than on the statement or the credentials. Never for
+    a Ctrl-C (whatever it interrupted), nor once a stop was requested."""
+    if not isinstance(err, Exception) or interrupts.requested():
+        return False
     seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, sqlalchemy.exc.DBAPIError):
@@ -147,6 +165,25 @@ def is_disconnect(err: BaseException) -> bool:
     return False
 
 
+def outage_seconds() -> int:
+    """How long a worker waits for the database: $SWEEPER_DB_OUTAGE_SECONDS (120), at most what the heartbeat's
+    grace period leaves. A worker that comes back must record a heartbeat before others find its trial stale:
+    grace > heartbeat + outage + the last back-off sleep."""
+    heartbeat = env_seconds("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS)
+    grace = env_seconds("SWEEPER_GRACE_SECONDS", GRACE_SECONDS)
+    limit = max(1, grace - heartbeat - int(MAX_DELAY) - 1)
+    if os.environ.get("SWEEPER_DB_OUTAGE_SECONDS"):
+        wanted = env_seconds("SWEEPER_DB_OUTAGE_SECONDS", OUTAGE_SECONDS)
+        if wanted > limit:
+            raise UserError(
+                f"SWEEPER_DB_OUTAGE_SECONDS ({wanted}) must leave the heartbeat time to resume before its grace "
+                f"period ends: at most SWEEPER_GRACE_SECONDS - SWEEPER_HEARTBEAT_SECONDS - {int(MAX_DELAY) + 1} "
+                f"= {limit}; raise SWEEPER_GRACE_SECONDS or lower it"
+            )
+        return wanted
+    return min(OUTAGE_SECONDS, limit)
+
+
 def env_seconds(name: str, default: int) -> int:
     """A whole number of seconds >= 1 from the environment variable ``name``, else ``default``."""
     text = os.environ.get(name)
@@ -164,15 +201,15 @@ class StaleTrialHandler:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         run_id = outcome.run_id(trial, study.user_attrs)
         if run_id:
+            # No time is logged: the worker's last moment is unknown here (it went silent up to a grace period
+            # ago, or days ago on SQLite), and MLflow keeps the run's start and end. Straight to a log queue,
+            # which spools when MLflow is down too; the retry below must happen either way.
+            spool = Path(self.runs_dir) / study.study_name / "spool"
             try:
-                spool = Path(self.runs_dir) / study.study_name / "spool"
-                tracker = Tracker(self.tracker_uri, study.study_name, spool_dir=spool)
-                seconds = None
-                if trial.datetime_start is not None:  # the trial's time until the heartbeat was found missing
-                    seconds = (datetime.datetime.now() - trial.datetime_start).total_seconds()
-                tracker.end_run(run_id, Outcome.FAILED, reason="worker lost (no heartbeat)", seconds=seconds)
-            except Exception:
-                log.exception("could not end the MLflow run %s of stale trial %d", run_id, trial.number)
+                queue = LogQueue(MlflowClient(tracking_uri=resolve_tracking_uri(self.tracker_uri)), spool)
+                TrialRun(queue, run_id, fed_here=False).finish(Outcome.FAILED, reason="worker lost (no heartbeat)")
+            except Exception as err:  # noqa: BLE001 - an unusable tracking URI: the retry still happens
+                log.warning("could not end the MLflow run %s of stale trial %d: %s", run_id, trial.number, err)
         self.retry(study, trial)
 
 

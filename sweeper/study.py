@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,13 @@ from sweeper.objective import Objective
 from sweeper.outcome import Outcome
 from sweeper.samplers import make_pruner, make_sampler
 from sweeper.space import Space, load_space, space_from_yaml
-from sweeper.storage import make_storage, missing_sqlite_file, parse_storage_url, resolve_storage_url
+from sweeper.storage import (
+    check_creatable,
+    make_storage,
+    missing_sqlite_file,
+    parse_storage_url,
+    resolve_storage_url,
+)
 from sweeper.tracking import Tracker
 from sweeper.urls import mask_url
 
@@ -110,6 +116,7 @@ def plan_study(
     pruner and objective must not change (UserError naming what would)."""
     storage_url = resolve_storage_url(opts.storage)
     parse_storage_url(storage_url)
+    check_creatable(storage_url)  # a SQLite file in a folder that is not there: say so before MLflow makes its own
     recorded: Mapping[str, Any] = {}
     if not missing_sqlite_file(storage_url):
         recorded = _recorded_attrs(make_storage(storage_url, heartbeat=False), opts.name)
@@ -129,12 +136,21 @@ def plan_study(
         raise UserError("objective val needs data.val_size > 0 (a validation split); set it or use --objective test")
     if keep_recorded and recorded:
         _refuse_changes(opts, space, config, recorded)
-    space.check_against(config)
+    if data is not None:  # as `train` checks a config, every value the space can draw (ops, batch sizes ...)
+        check_trainable(config, data.get(config.data))
+        space.check_against(config, check=_trainable_with(data))
+    else:
+        space.check_against(config)
     sampler = make_sampler(opts.sampler, space, seed=opts.seed)
     pruner = make_pruner(opts.pruner, epochs=config.train.epochs)
-    if data is not None:
-        check_trainable(config, data.get(config.data))
     return StudyPlan(opts, storage_url, space, config, sampler, pruner)
+
+
+def _trainable_with(data: SplitsCache) -> Callable[[Config], None]:
+    def check(config: Config) -> None:
+        check_trainable(config, data.get(config.data))
+
+    return check
 
 
 MACHINE_KEYS = ("data.cache_dir",)  # settings of the machine, not of the experiment: free to differ
@@ -187,8 +203,6 @@ def open_study(plan: StudyPlan) -> StudyContext:
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:
         raise UserError(f"cannot create study {opts.name!r} in {mask_url(plan.storage_url)}: {one_line(err)}") from err
     attrs = study.user_attrs
-    if attrs.get("mlflow_parent_run_id"):  # ended by the last process that ran the study
-        tracker.reopen(attrs["mlflow_parent_run_id"])
     parent = tracker.parent_run(
         opts.name,
         run_id=attrs.get("mlflow_parent_run_id"),
@@ -228,6 +242,7 @@ def close_study(ctx: StudyContext, ended: Outcome) -> None:
 @contextlib.contextmanager
 def holding(ctx: StudyContext) -> Iterator[StudyContext]:
     """The study open for this block; its parent run ended as the block ends: complete, interrupted or failed."""
+    ctx.tracker.reopen(ctx.parent_run_id)  # the last process to leave the study ended it
     ended = Outcome.FAILED
     try:
         yield ctx

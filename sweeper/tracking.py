@@ -22,9 +22,10 @@ from mlflow.entities import Param
 
 from pipelines.callbacks import Callback, EpochMetrics
 from pipelines.errors import UserError, one_line
+from pipelines.paths import check_writable
 from sweeper.outcome import Outcome
 from sweeper.spool import PENDING, LogQueue
-from sweeper.urls import absolute_sqlite, is_sqlite, mask_url
+from sweeper.urls import SQLITE_PREFIX, absolute_sqlite, check_password, is_sqlite, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class Tracker:
 
     def __init__(self, uri: str | None, experiment: str, *, spool_dir: Path | None = None) -> None:
         self.uri = resolve_tracking_uri(uri)
+        check_password(self.uri, what="tracking URI")
+        if self.uri.startswith(SQLITE_PREFIX) and not self.uri.endswith(":memory:"):  # MLflow would retry ~100 s
+            check_writable(Path(self.uri[len(SQLITE_PREFIX) :]), what="tracking URI's SQLite file", folder=False)
         self.experiment_name = experiment
         self.spool_dir = spool_dir or Path("runs") / experiment / "spool"
         try:

@@ -112,7 +112,8 @@ class TrialRunner:
         reporter = TrialReporter(trial, ctx.objective, self.observer, epochs=config.train.epochs)
         try:
             callbacks = [tracked, reporter, InterruptCheck()]
-            result = run(config, callbacks=callbacks, splits=self.splits(config), models=self.models)
+            with interrupts.allowed():  # training may be cut anywhere; Optuna's calls around it may not
+                result = run(config, callbacks=callbacks, splits=self.splits(config), models=self.models)
         except KeyboardInterrupt:
             trial.set_user_attr(REASON, Outcome.INTERRUPTED.value)
             raise
@@ -152,21 +153,22 @@ class TrialRunner:
         if self._failures >= MAX_CONSECUTIVE_FAILURES:
             log.error("%d trials failed in a row; stopping the study", self._failures)
             study.stop()
-        interrupts.check()  # a Ctrl-C Python dropped (in a finaliser) stops the study here, between trials
+        interrupts.check()  # a Ctrl-C that came during Optuna's calls (or that Python dropped) stops the study here
 
     def run(self, *, n_trials: int | None, timeout: float | None) -> optuna.Study:
         study = self.ctx.study
         self.splits(self.ctx.config)  # fail on data problems before the first trial starts
         self.observer.on_study(study, space=self.ctx.space, objective=self.ctx.objective)
         try:
-            study.optimize(
-                self.objective,
-                n_trials=n_trials,
-                timeout=timeout,
-                callbacks=[self.after_trial],
-                catch=(Exception,),
-                gc_after_trial=False,
-            )
+            with interrupts.deferred():
+                study.optimize(
+                    self.objective,
+                    n_trials=n_trials,
+                    timeout=timeout,
+                    callbacks=[self.after_trial],
+                    catch=(Exception,),
+                    gc_after_trial=False,
+                )
         except BaseException as err:
             real = _real_error(err)
             self._end_open_trials(study, interrupted=isinstance(real, KeyboardInterrupt))
@@ -180,14 +182,19 @@ class TrialRunner:
 
     def _end_open_trials(self, study: optuna.Study, *, interrupted: bool) -> None:
         """On the way out of optimize (Ctrl-C, or an error Optuna did not catch): record each trial still open
-        as failed in the storage first, then end its MLflow run (KILLED or FAILED), then flush the queue."""
+        as failed in the storage first, then end its MLflow run (KILLED or FAILED; as recorded, for a trial Optuna
+        had already finished), then flush the queue."""
         ended = Outcome.INTERRUPTED if interrupted else Outcome.FAILED
         for number, entry in list(self._open.items()):
             try:
                 entry.trial.set_user_attr(REASON, ended.value)
                 study.tell(entry.trial, state=TrialState.FAIL, skip_if_finished=True)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # Optuna recorded it already (with our reason, set in the objective)
+            except optuna.exceptions.UpdateFinishedTrialError:  # Optuna recorded it already: end the run as it ended
+                recorded = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+                ended_as = outcome.of_trial(recorded) if recorded is not None else None
+                if recorded is not None and ended_as is not None:  # e.g. complete, and Ctrl-C while its run ended
+                    reason = recorded.user_attrs.get(REASON)
+                    entry.tracked.finish(ended_as, reason=reason, trial_seconds=time.perf_counter() - entry.started)
             except StorageUnavailable:
                 log.warning("trial %d could not be recorded as %s: the database is unavailable", number, ended.value)
             except Exception:  # the storage may be what failed; the heartbeat will catch it

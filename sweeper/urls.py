@@ -10,27 +10,30 @@ from typing import Any, TextIO
 SQLITE_PREFIX = "sqlite:///"
 
 
-URL = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*:?//[^\s'"<>]+""")  # a URL in free text, or one missing its colon
+# The password of a URL in free text (or of one missing the colon after its scheme): from the ":" after the user
+# name to the first "@", the one SQLAlchemy and libpq split at, whatever lies between (/ # ? : % spaces quotes).
+USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*:?//[^\s:/@'\"<>]*:)[^@\n]*@")
+# A password given as a query parameter (libpq reads ?password=...).
+QUERY_PASSWORD = re.compile(r"(?P<head>[?&;]password=)[^&\s'\"<>]*", re.IGNORECASE)
 
 
 def mask_url(text: str) -> str:
     """``text`` with the password of every URL in it replaced by ***: safe to log, print or store.
 
-    The one masking function. The password runs from the first ``:`` after the user name to the last ``@`` of the
-    URL, so one holding ``/ # ? : %`` (percent-encoded or not) or even a raw ``@`` is masked whole, where a URL
-    parser would stop early and leave the rest in the host or path.
+    The one masking function: a URL's userinfo password (``user:***@``) and a ``password=`` query parameter.
+    A raw ``@`` inside a password splits it where every URL parser splits (see :func:`check_password`).
     """
-    return URL.sub(_mask_one, text)
+    return QUERY_PASSWORD.sub(r"\g<head>***", USERINFO.sub(r"\g<head>***@", text))
 
 
-def _mask_one(match: re.Match[str]) -> str:
-    url = match.group(0)
-    scheme, slashes, rest = url.partition("//")
-    userinfo, at, host = rest.rpartition("@")
-    user, colon, _password = userinfo.partition(":")
-    if not at or not colon or "/" in user:
-        return url
-    return f"{scheme}{slashes}{user}:***@{host}"
+def check_password(url: str, *, what: str) -> None:
+    """Refuse a URL whose password holds a raw ``@``: drivers would take the rest for the host, and name it (and
+    so part of the password) in their errors. The message does not show the URL."""
+    _, slashes, rest = url.partition("//")
+    if slashes and rest.count("@") > 1 and ":" in rest.split("@", 1)[0]:  # a password, and an @ after it
+        from pipelines.errors import UserError  # late: this module is imported by the CLI at start-up
+
+        raise UserError(f"the password of the {what} holds a raw '@': write it percent-encoded as %40")
 
 
 def absolute_sqlite(url: str) -> str:

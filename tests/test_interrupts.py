@@ -76,7 +76,8 @@ def test_a_stop_signal_at_any_moment_exits_130_with_one_line_and_records_the_tri
     stderr = log.read_text()
     assert rc == 130, stderr[-3000:]
     assert "Traceback" not in stderr and "UnboundLocalError" not in stderr and "Exception ignored" not in stderr
-    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("already stopping")]
+    notes = ("already stopping", "stopping at the next step")  # what later signals (or one during Optuna's calls) say
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(notes)]
     assert lines == ["interrupted"], stderr[-3000:]
     trials = optuna.load_study(study_name="stop", storage=storage).trials
     assert len(trials) == 1  # no trial started after the stop

@@ -110,7 +110,8 @@ def test_connections_refused_for_seconds_mid_trial_do_not_end_the_worker(image_f
 def test_an_outage_past_the_limit_stops_the_worker_with_one_line_and_the_next_recovers(image_folder, pg_url, tmp_path):
     init("gone", image_folder, pg_url, "train.epochs=40")
     log = tmp_path / "worker.log"
-    env = {"SWEEPER_DB_OUTAGE_SECONDS": "3", "SWEEPER_HEARTBEAT_SECONDS": "1", "SWEEPER_GRACE_SECONDS": "4"}
+    # the grace period must outlast the outage a worker waits out (else live trials are failed): 14 >= 1 + 3 + 9
+    env = {"SWEEPER_DB_OUTAGE_SECONDS": "3", "SWEEPER_HEARTBEAT_SECONDS": "1", "SWEEPER_GRACE_SECONDS": "14"}
     proc = worker("gone", pg_url, log, "--n-trials", 1, env=env)
     try:
         wait_for(lambda: running_with_an_epoch(pg_url, "gone"), 120, "a trial to report an epoch")
@@ -127,7 +128,7 @@ def test_an_outage_past_the_limit_stops_the_worker_with_one_line_and_the_next_re
     assert len(lines) == 1 and "did not answer for 3 s" in lines[0], err[-3000:]
     assert "SWEEPER_DB_OUTAGE_SECONDS" in lines[0]
     assert "Traceback" not in err and "UnboundLocalError" not in err
-    time.sleep(5)  # past the grace period: the stranded trial is stale
+    time.sleep(15)  # past the grace period: the stranded trial is stale
     again = worker("gone", pg_url, tmp_path / "again.log", "--n-trials", 1, "--set", "train.epochs=1", env=env)
     assert again.wait(timeout=180) == 0, (tmp_path / "again.log").read_text()[-3000:]
     trials = optuna.load_study(study_name="gone", storage=pg_url).trials

@@ -125,3 +125,20 @@ def test_on_sqlite_a_killed_process_trial_is_failed_and_retried_by_the_next(imag
     run = MlflowClient(tracking).get_run(trials[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["sweeper.reason"] == "worker lost (no heartbeat)"
     assert 0 < run.data.metrics["trial_seconds"] < 300 and "logging_fraction" not in run.data.metrics
+
+
+def test_a_study_held_open_has_its_parent_run_running_and_ended_as_it_ends(image_folder):
+    from pipelines.data import SplitsCache
+    from sweeper.study import StudyOptions, holding, open_study, plan_study
+
+    assert invoke("study", "init", "held", "--data", image_folder, "--set", *TINY).exit_code == 0
+    client = MlflowClient(absolute_sqlite("sqlite:///mlflow.db"))
+    plan = plan_study(StudyOptions(name="held"), space=None, config=None, data=SplitsCache())
+    ctx = open_study(plan)
+    assert client.get_run(ctx.parent_run_id).info.status == "FINISHED"  # init ended it
+    with pytest.raises(KeyboardInterrupt), holding(ctx):
+        ctx.tracker.flush()
+        assert client.get_run(ctx.parent_run_id).info.status == "RUNNING"
+        raise KeyboardInterrupt
+    run = client.get_run(ctx.parent_run_id)
+    assert run.info.status == "KILLED" and run.data.tags["sweeper.state"] == "interrupted"

@@ -140,12 +140,25 @@ class _Decoder:
         return ImageSet(images, labels)
 
 
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grayscale as 8-bit (Pillow's convert would clip them to white): 16-bit integers scaled by
+    1/257, floats in [0, 1] by 255, anything else clipped to 0..255."""
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
+        values = values / 257.0
+    elif image.mode == "F" and values.max(initial=0) <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+
+
 def _decode_image(data: bytes, where: str, *, size: int | None = None) -> np.ndarray:
     """One image file's bytes as uint8 (H, W, 3) RGB (grayscale and palette images expanded), resized to
     ``size`` x ``size`` when given."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            rgb = image.convert("RGB")
+            rgb = _to_8_bit(image).convert("RGB")
             if size is not None and rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
             return np.asarray(rgb)

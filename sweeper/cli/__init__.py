@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -16,7 +17,6 @@ from sweeper.cli import plot as _plot
 from sweeper.cli import replay as _replay
 from sweeper.cli import study as _study
 from sweeper.cli import train as _train
-from sweeper.cli._common import err_console
 from sweeper.urls import MaskingStream
 
 app = typer.Typer(
@@ -24,7 +24,7 @@ app = typer.Typer(
     help="Experiment-tracked hyperparameter sweeps for the custom ResNet-9 on CIFAR-10 with One Cycle.",
     no_args_is_help=True,
     add_completion=False,
-    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,  # plain tracebacks: rich wraps long lines, and a URL split in two escapes masking
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("train")(_train.train)
@@ -55,10 +55,13 @@ def main() -> None:
 
 
 def _on_stop_signal(signum: int, frame: object) -> None:
-    """The first Ctrl-C or SIGTERM stops the work; later ones let the running trial be recorded first."""
+    """The first Ctrl-C or SIGTERM stops the work (at once, or at the next safe point of a study's trial loop);
+    later ones let the running trial be recorded first. Writes with os.write: a handler may interrupt a print."""
+    first = not interrupts.requested()
     if interrupts.request():
         raise KeyboardInterrupt(f"signal {signum}")
-    err_console.print("already stopping: recording the running trial first", highlight=False)
+    note = b"stopping at the next step\n" if first else b"already stopping: recording the running trial first\n"
+    os.write(2, note)
 
 
 def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
@@ -89,6 +92,8 @@ def _quiet_optuna(record: logging.LogRecord) -> bool:
     "interrupted": dropped. A trial that failed on a UserError keeps Optuna's line, without the traceback."""
     error = record.exc_info[1] if record.exc_info else None
     if interrupts.requested() or isinstance(error, KeyboardInterrupt):
+        return False
+    if record.getMessage().endswith("failed with value None."):  # our own line said why the trial failed
         return False
     if isinstance(error, UserError):
         record.exc_info = None

@@ -55,7 +55,7 @@ def plot_schedule(
     Example: sweeper plot schedule --set schedule.policy=cosine schedule.warmup_epochs=2 schedule.warmup=linear
     """
     from pipelines import plots
-    from pipelines.outputs import check_writable
+    from pipelines.paths import check_writable
 
     plots.check_image_path(out)
     check_writable(out, what="--out", folder=False)

@@ -47,7 +47,7 @@ def replay(
 
     Each run is an MLflow run tagged sweeper.role=replay, linked to its source trial; weights are kept.
     """
-    from pipelines.outputs import check_writable
+    from pipelines.paths import check_writable
     from sweeper.replay import check_replay, replay_source
     from sweeper.replay import replay as do_replay
     from sweeper.tracking import Tracker

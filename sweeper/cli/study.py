@@ -218,7 +218,7 @@ def run_cmd(
     --set data.train_limit=5000 data.test_limit=1000 data.val_size=1000 model.width=0.25 train.epochs=2
     """
     from pipelines.data import SplitsCache
-    from pipelines.outputs import check_writable
+    from pipelines.paths import check_writable
     from sweeper.study import enqueue_lr_finder, holding, open_study, plan_study
     from sweeper.trials import TrialRunner
     from sweeper.workers import needs_processes, plan_workers
@@ -404,7 +404,7 @@ def best(
     json_: JsonOpt = False,
 ) -> None:
     """Show the best trial of study NAME (and export its config for `sweeper replay FILE`)."""
-    from pipelines.outputs import check_writable
+    from pipelines.paths import check_writable
     from sweeper.study import best_trial, load_study
 
     if export is not None:

@@ -47,7 +47,7 @@ def train(
 
     Example: sweeper train --data ../shared/data/cifar10-jpeg.tar.xz --set model.width=0.25 train.epochs=4
     """
-    from pipelines.outputs import check_writable
+    from pipelines.paths import check_writable
     from pipelines.train import run
     from sweeper.interrupts import InterruptCheck
 
@@ -152,7 +152,7 @@ def lr_find(
     given = [name for name, value in other.items() if value is not None]
     if given:
         raise UserError(f"{', '.join(given)} do(es) not apply to --metric {metric.value}")
-    from pipelines.outputs import check_writable
+    from pipelines.paths import check_writable
 
     cfg = resolve_cli_config(config, set_, overrides, **{"data.path": data})
     check_writable(Path(cfg.train.out_dir), what="train.out_dir")  # where the plot goes
