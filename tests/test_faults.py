@@ -80,7 +80,8 @@ def test_killed_worker_trial_is_failed_retried_and_its_run_ended(image_folder, m
     assert run.info.status == "FAILED"
     assert run.data.tags["sweeper.state"] == "failed"
     assert run.data.tags["sweeper.reason"] == "worker lost (no heartbeat)"
-    assert 0 < run.data.metrics["trial_seconds"] < 600 and "logging_fraction" not in run.data.metrics
+    assert "trial_seconds" not in run.data.metrics  # its worker's last moment is unknown: no made-up time
+    assert "logging_fraction" not in run.data.metrics
 
 
 @pytest.mark.slow

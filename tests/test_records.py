@@ -101,11 +101,10 @@ def test_on_sqlite_a_killed_process_trial_is_failed_and_retried_by_the_next(imag
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        trials = (
-            optuna.load_study(study_name="lite", storage=storage).trials
-            if Path(tmp_path / "sweeper.db").exists()
-            else []
-        )
+        try:
+            trials = optuna.load_study(study_name="lite", storage=storage).trials
+        except KeyError:  # the study is not made yet (Optuna creates the file first)
+            trials = []
         if trials and trials[0].intermediate_values:
             break
         time.sleep(0.3)
@@ -124,7 +123,7 @@ def test_on_sqlite_a_killed_process_trial_is_failed_and_retried_by_the_next(imag
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     run = MlflowClient(tracking).get_run(trials[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["sweeper.reason"] == "worker lost (no heartbeat)"
-    assert 0 < run.data.metrics["trial_seconds"] < 300 and "logging_fraction" not in run.data.metrics
+    assert "trial_seconds" not in run.data.metrics and "logging_fraction" not in run.data.metrics
 
 
 def test_a_study_held_open_has_its_parent_run_running_and_ended_as_it_ends(image_folder):

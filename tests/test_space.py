@@ -96,7 +96,20 @@ def test_the_grid_sampler_refuses_a_conditional_space_before_anything_is_made(im
     work = tmp_path / "work"
     work.mkdir()
     result = CliRunner().invoke(
-        app, ["study", "run", "grid", "--data", str(image_folder), "--space", str(space), "--sampler", "grid"]
+        app,
+        [
+            "study",
+            "run",
+            "grid",
+            "--data",
+            str(image_folder),
+            "--space",
+            str(space),
+            "--sampler",
+            "grid",
+            "--set",
+            *TINY,
+        ],
     )
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and "grid" in lines[0] and "conditional" in lines[0]
