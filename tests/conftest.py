@@ -69,6 +69,18 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"  # trust auth on this machine and in CI
 
 
+def wait_for(predicate, timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 0.3 s until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def free_port() -> int:
     import socket
 

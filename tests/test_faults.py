@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from conftest import MlflowServer, free_port, write_image_folder
+from conftest import MlflowServer, free_port, wait_for, write_image_folder
 from sweeper.cli import app
 from sweeper.urls import absolute_sqlite
 
@@ -31,15 +31,6 @@ def sweeper_proc(*args: object, log: Path, env: dict | None = None) -> subproces
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
     )
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def running_trial_with_epoch(storage: str, name: str) -> bool:

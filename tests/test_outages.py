@@ -15,7 +15,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from conftest import PG_ADMIN_URL
+from conftest import PG_ADMIN_URL, wait_for
 from sweeper.cli import app
 
 TINY = ["model.width=0.125", "train.batch_size=32", "data.val_size=60", "train.device=cpu"]
@@ -32,15 +32,6 @@ def worker(name: str, storage: str, log: Path, *args: object, env: dict[str, str
 def running_with_an_epoch(storage: str, name: str) -> bool:
     study = optuna.load_study(study_name=name, storage=storage)
     return any(t.state == TrialState.RUNNING and t.intermediate_values for t in study.trials)
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Outage:
