@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,8 +133,17 @@ def plan_study(
     try:
         objective = Objective(opts.objective)
     except ValueError as err:
-        raise UserError(f"unknown objective {opts.objective!r}: use val or test") from err
-    if objective is Objective.val and config.data.val_size <= 0:
+        choices = ", ".join(o.value for o in Objective)
+        raise UserError(f"unknown objective {opts.objective!r}: use one of {choices}") from err
+    recorded_objective = recorded.get("objective")
+    if recorded_objective and Objective(recorded_objective).directions != objective.directions:
+        raise UserError(
+            f"study {opts.name!r} optimizes {recorded_objective}: a study's objectives cannot change to "
+            f"{objective.value}; start another study"
+        )
+    if objective.multi and opts.pruner != "none":
+        opts = dataclasses.replace(opts, pruner="none")  # Optuna prunes single-objective studies only
+    if objective.split == "val" and config.data.val_size <= 0:
         raise UserError("objective val needs data.val_size > 0 (a validation split); set it or use --objective test")
     if keep_recorded and recorded:
         _refuse_changes(opts, space, config, recorded)
@@ -195,7 +206,7 @@ def open_study(plan: StudyPlan) -> StudyContext:
         study = optuna.create_study(
             study_name=opts.name,
             storage=storage,
-            direction="maximize",
+            directions=Objective(opts.objective).directions,
             load_if_exists=True,
             sampler=plan.sampler,
             pruner=plan.pruner,
@@ -226,6 +237,11 @@ def open_study(plan: StudyPlan) -> StudyContext:
     for key, value in wanted.items():
         if attrs.get(key) != value:
             study.set_user_attr(key, value)
+    names = Objective(opts.objective).names
+    if study.metric_names != names:  # optuna-dashboard shows these instead of "Objective 0"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # marked experimental
+            study.set_metric_names(names)
     if attrs.get("space") != wanted["space"] or attrs.get("config") != wanted["config"]:
         tracker.log_artifact_text(parent, "space.yaml", wanted["space"])
         tracker.log_artifact_text(parent, "config.yaml", wanted["config"])
@@ -265,27 +281,73 @@ def enqueue_lr_finder(ctx: StudyContext, splits: Splits) -> float:
 
 
 def finish_study(ctx: StudyContext, *, out_dir: Path) -> dict[str, Path]:
-    """Best params as tags and the study's plots on the parent run; returns the plots written."""
+    """The best trial (or, for a multi-objective study, the Pareto front: tags and pareto.json) and the study's
+    plots on the parent run; returns the files written."""
     study = ctx.study
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not complete:
         ctx.tracker.flush()
         return {}
-    best = study.best_trial
-    ctx.tracker.set_tags(
-        ctx.parent_run_id,
-        {
-            "best.trial_number": best.number,
-            "best.value": f"{best.value:.6g}",
-            **{f"best.{k}": (f"{v:.6g}" if isinstance(v, float) else v) for k, v in best.params.items()},
-            "best.lr": f"{best.user_attrs.get('lr', float('nan')):.6g}",
-        },
-    )
-    written = study_plots.write_study_plots(study, out_dir)
+    if ctx.objective.multi:
+        front = pareto_rows(study, ctx.objective)
+        ctx.tracker.set_tags(ctx.parent_run_id, {"pareto.trials": ",".join(str(r["number"]) for r in front)})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "pareto.json").write_text(json.dumps({"objectives": ctx.objective.names, "pareto": front}, indent=2))
+        ctx.tracker.log_artifact(ctx.parent_run_id, out_dir / "pareto.json")
+    else:
+        best = study.best_trial
+        ctx.tracker.set_tags(
+            ctx.parent_run_id,
+            {
+                "best.trial_number": best.number,
+                "best.value": f"{best.value:.6g}",
+                **{f"best.{k}": (f"{v:.6g}" if isinstance(v, float) else v) for k, v in best.params.items()},
+                "best.lr": f"{best.user_attrs.get('lr', float('nan')):.6g}",
+            },
+        )
+    written = study_plots.write_study_plots(study, out_dir, objective=ctx.objective)
     for path in written.values():
         ctx.tracker.log_artifact(ctx.parent_run_id, path, "study_plots")
     ctx.tracker.flush()
     return written
+
+
+def pareto_rows(study: optuna.Study, objective: Objective) -> list[dict[str, Any]]:
+    """A multi-objective study's Pareto front (Optuna's best_trials), by increasing cost: number, values by
+    name, params, epochs and lr of each."""
+    rows = []
+    for t in sorted(study.best_trials, key=_cost):
+        config = (
+            Config.from_yaml(t.user_attrs["config"], source=f"trial {t.number}") if "config" in t.user_attrs else None
+        )
+        rows.append(
+            {
+                "number": t.number,
+                "values": dict(zip(objective.names, t.values, strict=True)),
+                "params": t.params,
+                "epochs": config.train.epochs if config else None,
+                "lr": t.user_attrs.get("lr"),
+            }
+        )
+    return rows
+
+
+def cheapest_reaching(study: optuna.Study, objective: Objective, accuracy: float) -> FrozenTrial:
+    """The complete trial of least cost whose accuracy is at least ``accuracy`` (ties: the more accurate)."""
+    reaching = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values[0] >= accuracy]
+    if not reaching:
+        best = max((t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), default=None)
+        seen = f"the best reached {best:.4g}" if best is not None else "no trial is complete"
+        raise UserError(f"no trial of {study.study_name!r} reaches {objective.split} accuracy {accuracy:g} ({seen})")
+    return min(reaching, key=_cost_then_accuracy)
+
+
+def _cost(trial: FrozenTrial) -> float:
+    return trial.values[1]
+
+
+def _cost_then_accuracy(trial: FrozenTrial) -> tuple[float, float]:
+    return trial.values[1], -trial.values[0]
 
 
 # -- queries --------------------------------------------------------------------------------------------------
@@ -350,11 +412,17 @@ def study_objective(study: optuna.Study) -> str:
     return str(study.user_attrs.get("objective", Objective.val.value))
 
 
+def is_multi_objective(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
+
+
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One dict per trial: number, state, value (the last reported while it runs), epoch, params, lr, test
     accuracy, seconds and MLflow run id."""
     rows = []
     attrs = study.user_attrs
+    multi = is_multi_objective(study)
+    front = {t.number for t in study.best_trials} if multi else set()
     for t in study.trials:
         seconds = None
         if t.datetime_complete and t.datetime_start:
@@ -365,7 +433,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             {
                 "number": t.number,
                 "state": outcome.state_label(t),
-                "value": t.value if t.state.is_finished() else running_value,
+                "value": (t.values[0] if t.values else None) if t.state.is_finished() else running_value,
+                **({"values": t.values, "pareto": t.number in front} if multi else {}),
                 "epoch": last_epoch,
                 "params": t.params,
                 "lr": t.user_attrs.get("lr"),
@@ -387,6 +456,11 @@ def best_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
         if "config" not in trial.user_attrs:
             raise UserError(f"trial {number} of {study.study_name!r} has no recorded config")
         return trial
+    if is_multi_objective(study):
+        raise UserError(
+            f"study {study.study_name!r} has two objectives: no single best trial; pick one from its Pareto front "
+            f"(`sweeper study best {study.study_name}`) with --trial N, or with --min-accuracy A"
+        )
     try:
         return study.best_trial
     except ValueError as err:

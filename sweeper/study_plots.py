@@ -1,9 +1,22 @@
-"""The study's own figures (Optuna's matplotlib backend): history, importances, accuracy over each parameter."""
+"""The study's own figures, for its parent MLflow run; every one legible at 100 %.
+
+- optimization_history.png, param_importances.png: Optuna's (single-objective studies; importances from 2 trials);
+- accuracy_vs_params.png: the accuracy over each searched parameter, one panel each, one colour bar beside them;
+- ridge.png (Myrtle.ai part 5): the accuracy over log lambda and log alpha/(1-rho), where lines of equal
+  effective decay lambda*alpha/(1-rho) run at 45 degrees, and the accuracy against the effective decay coloured by
+  momentum; drawn from each trial's recorded config, so for any space that moves lr, momentum or weight decay;
+- pareto_front.png (multi-objective studies): the accuracy against the cost, the front as a step line, each point
+  labelled with its epochs.
+A figure that cannot be drawn (too few trials) is skipped with a log line.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -11,38 +24,173 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
+
+from pipelines.config import Config
+from sweeper.objective import Objective
 
 log = logging.getLogger(__name__)
 
+DPI = 110
+PANEL_INCHES = (3.6, 3.0)  # width, height of one panel: 9-point labels stay apart at 100 %
 
-def write_study_plots(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
-    """optimization_history.png, accuracy_vs_params.png (the objective over each searched parameter, one panel
-    each) and, from 2 complete trials on, param_importances.png; a plot Optuna cannot draw is skipped."""
-    from optuna.visualization import matplotlib as ovm
 
+def write_study_plots(study: optuna.Study, out_dir: Path, *, objective: Objective) -> dict[str, Path]:
+    """The figures for ``study`` into ``out_dir``; name -> path of each written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    draw: dict[str, Callable[[], plt.Figure]] = {}
+    if objective.multi:
+        draw["pareto_front.png"] = functools.partial(_pareto_front, study, complete, objective)
+    else:
+        history = optuna.visualization.matplotlib.plot_optimization_history
+        draw["optimization_history.png"] = functools.partial(_optuna, history, study)
+        if len(complete) >= 2 and any(t.params for t in complete):
+            importances = optuna.visualization.matplotlib.plot_param_importances
+            draw["param_importances.png"] = functools.partial(_optuna, importances, study)
+    if any(t.params for t in complete):
+        draw["accuracy_vs_params.png"] = functools.partial(_accuracy_vs_params, complete, objective)
+    if len(complete) >= 2:
+        draw["ridge.png"] = functools.partial(_ridge, complete, objective)
     written: dict[str, Path] = {}
-    plots = {"optimization_history.png": ovm.plot_optimization_history, "accuracy_vs_params.png": ovm.plot_slice}
-    if len(complete) >= 2 and any(t.params for t in complete):
-        plots["param_importances.png"] = ovm.plot_param_importances
-    for name, draw in plots.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna's matplotlib backend is marked experimental
-            try:
-                ax = draw(study)
-            except (ValueError, RuntimeError, ZeroDivisionError) as err:
-                log.warning("skipped %s: %s", name, err)
-                continue
-        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-        fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 4))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # slice plots' colour bars trip tight_layout's check, harmlessly
-            fig.tight_layout()
+    for name, figure in draw.items():
+        try:
+            fig = figure()
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            log.warning("skipped %s: %s", name, err)
+            continue
         path = out_dir / name
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=DPI)
         plt.close(fig)
         written[name] = path
     return written
+
+
+def _optuna(plot: Callable[[optuna.Study], object], study: optuna.Study) -> plt.Figure:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's matplotlib backend is marked experimental
+        ax = plot(study)
+    fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+    fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 4))
+    fig.tight_layout()
+    return fig
+
+
+def _accuracy(trial: FrozenTrial) -> float:
+    return trial.values[0]
+
+
+def _accuracy_vs_params(trials: list[FrozenTrial], objective: Objective) -> plt.Figure:
+    """One panel per searched parameter (log x for positive ranges over a decade), coloured by trial number."""
+    names = sorted({name for t in trials for name in t.params})
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(PANEL_INCHES[0] * columns + 1.2, PANEL_INCHES[1] * rows), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
+    scatter = None
+    for ax, name in zip(axes.flat, names, strict=False):
+        drawn = [t for t in trials if name in t.params]
+        xs = [t.params[name] for t in drawn]
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+        if not numeric:  # categorical: one position per choice, labelled
+            labels = sorted({str(x) for x in xs})
+            xs = [labels.index(str(x)) for x in xs]
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        scatter = ax.scatter(xs, [_accuracy(t) * 100 for t in drawn], c=[t.number for t in drawn], cmap="viridis",
+                             s=28, edgecolors="none")  # fmt: skip
+        if numeric and min(xs) > 0 and max(xs) / min(xs) > 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(name, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(names) :]:
+        ax.axis("off")
+    for row in axes:
+        row[0].set_ylabel(f"{objective.split} accuracy (%)", fontsize=9)
+    if scatter is not None:
+        fig.colorbar(scatter, ax=axes, label="trial", shrink=0.9)
+    fig.suptitle(f"{objective.split} accuracy over each searched parameter", fontsize=10)
+    return fig
+
+
+def _optim(trial: FrozenTrial) -> tuple[float, float, float] | None:
+    """(lambda, rho, alpha) the trial trained with, from its recorded config (lambda at the reference batch)."""
+    text = trial.user_attrs.get("config")
+    if not text:
+        return None
+    optim = Config.from_yaml(text, source=f"trial {trial.number}").optim
+    return optim.lr, optim.momentum, optim.weight_decay
+
+
+def _ridge(trials: list[FrozenTrial], objective: Objective) -> plt.Figure:
+    points = [(t, p) for t in trials if (p := _optim(t)) is not None and p[2] > 0]
+    lam = np.array([p[0] for _, p in points])
+    decay = np.array([p[2] / (1 - p[1]) for _, p in points])  # alpha / (1 - rho)
+    if len(points) < 2 or (np.ptp(np.log10(lam)) == 0 and np.ptp(np.log10(decay)) == 0):
+        raise ValueError("lr, momentum and weight decay do not vary across the trials")
+    accuracy = np.array([_accuracy(t) * 100 for t, _ in points])
+    momentum = np.array([p[1] for _, p in points])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
+    dots = left.scatter(np.log10(decay), np.log10(lam), c=accuracy, cmap="viridis", s=36, edgecolors="none")
+    xs, ys = np.array(_span(np.log10(decay))), np.array(_span(np.log10(lam)))
+    for level in np.arange(math.floor(xs[0] + ys[0]), math.ceil(xs[1] + ys[1]) + 0.5, 0.5):  # equal λα/(1-ρ): 45°
+        left.plot(xs, level - xs, color="0.75", lw=0.8, ls="--", zorder=0)
+    left.set_xlim(*_span(np.log10(decay)))
+    left.set_ylim(*_span(np.log10(lam)))
+    left.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+    left.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5))
+    left.set(xlabel="log10 α/(1-ρ)", ylabel="log10 λ", title="accuracy over λ and α/(1-ρ); dashes: equal λα/(1-ρ)")
+    fig.colorbar(dots, ax=left, label=f"{objective.split} accuracy (%)")
+    effective = lam * decay
+    colours = right.scatter(effective, accuracy, c=momentum, cmap="plasma", s=36, edgecolors="none")
+    right.set_xscale("log")
+    right.set(xlabel="effective decay λα/(1-ρ)", ylabel=f"{objective.split} accuracy (%)",
+              title="accuracy against effective decay")  # fmt: skip
+    fig.colorbar(colours, ax=right, label="momentum ρ")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.title.set_fontsize(10)
+    return fig
+
+
+def _span(values: np.ndarray) -> tuple[float, float]:
+    """Axis limits around ``values`` (log10 units): a margin, and at least one decade when they barely vary."""
+    low, high = float(values.min()), float(values.max())
+    half = max((high - low) / 2 + 0.1, 0.5)
+    middle = (low + high) / 2
+    return middle - half, middle + half
+
+
+def _pareto_front(study: optuna.Study, trials: list[FrozenTrial], objective: Objective) -> plt.Figure:
+    if not trials:
+        raise ValueError("no complete trial")
+    front = sorted(study.best_trials, key=_cost)
+    fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
+    ax.scatter([t.values[1] for t in trials], [t.values[0] * 100 for t in trials], color="0.6", s=26, label="trials")
+    costs, accs = [t.values[1] for t in front], [t.values[0] * 100 for t in front]
+    ax.step(costs, accs, where="post", color="tab:red", lw=1.5, label="Pareto front")
+    ax.scatter(costs, accs, color="tab:red", s=36, zorder=3)
+    for t in trials:
+        epochs = _epochs(t)
+        if epochs is not None:
+            ax.annotate(f"{epochs} ep", (t.values[1], t.values[0] * 100), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)  # fmt: skip
+    unit = "training seconds" if objective.cost == "train_seconds" else "epochs"
+    ax.set(xlabel=unit, ylabel=f"{objective.split} accuracy (%)", title=f"{objective.split} accuracy against {unit}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _cost(trial: FrozenTrial) -> float:
+    return trial.values[1]
+
+
+def _epochs(trial: FrozenTrial) -> int | None:
+    text = trial.user_attrs.get("config")
+    return Config.from_yaml(text, source=f"trial {trial.number}").train.epochs if text else None

@@ -167,9 +167,14 @@ class Tracker:
         tr.log_params(params)
         return tr
 
-    def log_study_point(self, parent_id: str, *, number: int, value: float | None, best: float | None) -> None:
+    def log_study_point(
+        self, parent_id: str, *, number: int, value: float | None, best: float | None, cost: float | None = None
+    ) -> None:
+        """A trial's objective (and cost, in a multi-objective study) and the best so far, at step = its number."""
         ts = _now_ms()
         metrics = [["objective", value, ts, number]] if value is not None else []
+        if cost is not None:
+            metrics.append(["cost", cost, ts, number])
         if best is not None:
             metrics.append(["best_objective", best, ts, number])
         if metrics:

@@ -25,7 +25,7 @@ from pipelines.errors import UserError, one_line
 from pipelines.train import ModelCache, run
 from sweeper import interrupts, outcome
 from sweeper.interrupts import InterruptCheck
-from sweeper.objective import Objective, objective_value
+from sweeper.objective import Objective, objective_value, objective_values
 from sweeper.outcome import REASON, RUN_ID, Outcome
 from sweeper.space import Space, optim_params
 from sweeper.storage import StorageUnavailable
@@ -48,12 +48,13 @@ class StudyObserver:
     def on_epoch(self, number: int, metrics: EpochMetrics, value: float) -> None:
         """After each epoch of trial ``number``; ``value`` is the objective the pruner saw."""
 
-    def on_trial_end(self, trial: FrozenTrial, outcome: Outcome, seconds: float) -> None: ...
+    def on_trial_end(self, trial: FrozenTrial, outcome: Outcome, seconds: float, *, front: set[int]) -> None:
+        """Trial ``trial`` ended; ``front``: the numbers of a multi-objective study's Pareto front (else empty)."""
 
 
 class TrialReporter(Callback):
-    """Reports the objective each epoch so pruners can act (not after the last: the trial is complete then);
-    relays epochs to the observer."""
+    """Reports the objective each epoch so pruners can act (not after the last: the trial is complete then; not
+    in a multi-objective study, which Optuna cannot prune); relays epochs to the observer."""
 
     def __init__(self, trial: optuna.Trial, objective: Objective, observer: StudyObserver, *, epochs: int) -> None:
         self.trial, self.objective, self.observer, self.epochs = trial, objective, observer, epochs
@@ -62,6 +63,8 @@ class TrialReporter(Callback):
         self.observer.on_epoch(self.trial.number, metrics, objective_value(self.objective, metrics))
 
     def should_stop(self, metrics: EpochMetrics) -> str | None:
+        if self.objective.multi:
+            return None
         self.trial.report(objective_value(self.objective, metrics), metrics.epoch)
         if metrics.epoch >= self.epochs:
             return None
@@ -91,7 +94,7 @@ class TrialRunner:
     def splits(self, config: Config) -> Splits:
         return self.data.get(config.data)
 
-    def objective(self, trial: optuna.Trial) -> float:
+    def objective(self, trial: optuna.Trial) -> float | list[float]:
         ctx = self.ctx
         out_dir = Path(ctx.opts.runs_dir) / ctx.opts.name / f"trial-{trial.number:04d}"
         try:
@@ -134,7 +137,7 @@ class TrialRunner:
         if ended is Outcome.PRUNED:
             trial.set_user_attr(REASON, result.reason or Outcome.PRUNED.value)
             raise optuna.TrialPruned(result.reason)
-        return objective_value(ctx.objective, result.history[-1])
+        return objective_values(ctx.objective, result, config)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna calls this after the trial's state is in the storage: now end its MLflow run."""
@@ -144,11 +147,18 @@ class TrialRunner:
         if entry is not None:
             entry.tracked.finish(ended, reason=trial.user_attrs.get(REASON), trial_seconds=seconds)
             self._open.pop(trial.number)  # only now: an interrupt during finish leaves it for _end_open_trials
-        best = None
-        with contextlib.suppress(ValueError):  # no complete trial yet
-            best = study.best_value
-        self.ctx.tracker.log_study_point(self.ctx.parent_run_id, number=trial.number, value=trial.value, best=best)
-        self.observer.on_trial_end(trial, ended, seconds)
+        values = trial.values or []
+        best, front = None, set()
+        if self.ctx.objective.multi:
+            front = {t.number for t in study.best_trials}
+        else:
+            with contextlib.suppress(ValueError):  # no complete trial yet
+                best = study.best_value
+        self.ctx.tracker.log_study_point(
+            self.ctx.parent_run_id, number=trial.number, value=values[0] if values else None, best=best,
+            cost=values[1] if len(values) > 1 else None,
+        )  # fmt: skip
+        self.observer.on_trial_end(trial, ended, seconds, front=front)
         self._failures = self._failures + 1 if trial.state == TrialState.FAIL else 0
         if self._failures >= MAX_CONSECUTIVE_FAILURES:
             log.error("%d trials failed in a row; stopping the study", self._failures)

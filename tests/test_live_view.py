@@ -13,6 +13,7 @@ from pipelines.callbacks import EpochMetrics
 from sweeper.cli import app
 from sweeper.cli.live import LiveStudyView
 from sweeper.objective import Objective
+from sweeper.outcome import Outcome
 from sweeper.space import load_space, parse_space
 from sweeper.trials import TrialReporter
 
@@ -88,3 +89,19 @@ def test_study_run_and_show_tables_have_a_column_for_every_searched_key(image_fo
         row = next(line for line in shown.stdout.splitlines() if line.strip("│ ").startswith(f"{trial.number} "))
         assert f"{100 * trial.value:.1f}%" in row
         assert str(trial.params["optim.label_smoothing"]) in row
+
+
+def test_a_multi_objective_table_shows_the_cost_and_marks_the_front():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    view = LiveStudyView("s", space=load_space("reparam"), objective="val,train_seconds")
+    for number, values in enumerate(([0.9, 12.0], [0.8, 20.0])):
+        trial = study.ask()
+        view.on_trial_start(trial.number, {"effective_decay": 2e-3, "momentum": 0.9, "weight_decay": 5e-4}, lr=0.4)
+        study.tell(trial, values)
+        frozen = study.trials[number]
+        view.on_trial_end(frozen, Outcome.COMPLETE, 1.0, front={t.number for t in study.best_trials})
+    text = rendered(view)
+    assert header(text)[-6:] == ["val", "test", "train s", "front", "state", "time"]
+    rows = {line.strip("│ ")[0]: line for line in text.splitlines() if "complete" in line}
+    assert "★" in rows["0"] and "★" not in rows["1"]  # trial 1 is both less accurate and costlier
+    assert "12" in rows["0"] and "90.0%" in rows["0"]

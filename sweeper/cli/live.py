@@ -36,8 +36,9 @@ LABELS = {
 
 
 class LiveStudyView:
-    """A live table of the trials (number, every searched parameter, objective, test accuracy, state, time),
-    refreshed as trials start, finish epochs and end."""
+    """A live table of the trials (number, every searched parameter, objective, test accuracy, state, time; for a
+    multi-objective study also the cost and a mark on the Pareto front), refreshed as trials start, finish epochs
+    and end."""
 
     def __init__(
         self,
@@ -79,12 +80,15 @@ class LiveStudyView:
             row.update(epoch=metrics.epoch, value=value, test_accuracy=metrics.test_accuracy)
             self._refresh()
 
-    def on_trial_end(self, trial: FrozenTrial, outcome: Outcome, seconds: float) -> None:
+    def on_trial_end(self, trial: FrozenTrial, outcome: Outcome, seconds: float, *, front: set[int]) -> None:
         row = self.rows.setdefault(trial.number, {"number": trial.number, "params": trial.params})
         row.update(state=outcome.value, seconds=seconds, started=None)
-        if trial.value is not None:
-            row["value"] = trial.value
+        if trial.values:
+            row.update(value=trial.values[0], values=trial.values)
         row["test_accuracy"] = trial.user_attrs.get("test_accuracy", row.get("test_accuracy"))
+        if front:
+            for number, other in self.rows.items():
+                other["pareto"] = number in front
         self._refresh()
 
     def show_rows(self, rows: list[dict[str, Any]]) -> None:
@@ -112,9 +116,12 @@ class LiveStudyView:
                 columns += [(DERIVED_LR, _param_cell(param)), (LABELS["optim.lr"], _lr)]
             else:
                 columns.append((LABELS.get(param.key, param.name), _param_cell(param)))
-        columns.append((self.objective, _value))
-        if self.objective != "test":
+        split, _, cost = self.objective.partition(",")
+        columns.append((split, _value))
+        if split != "test":
             columns.append(("test", _test))
+        if cost:
+            columns += [("train s" if cost == "train_seconds" else "epochs", _cost), ("front", _front)]
         columns += [("state", _state), ("time", _time)]
         return columns
 
@@ -158,6 +165,15 @@ def _lr(row: Mapping[str, Any]) -> str:
 
 def _value(row: Mapping[str, Any]) -> str:
     return pct(row.get("value"))
+
+
+def _cost(row: Mapping[str, Any]) -> str:
+    values = row.get("values") or []
+    return f"{values[1]:.4g}" if len(values) > 1 else ""
+
+
+def _front(row: Mapping[str, Any]) -> str:
+    return "★" if row.get("pareto") else ""
 
 
 def _test(row: Mapping[str, Any]) -> str:

@@ -75,7 +75,8 @@ ObjectiveOpt = Annotated[
     Objective | None,
     typer.Option(
         "--objective",
-        help="val: accuracy on the held-out split (data.val_size); test: on the test set.",
+        help="val: accuracy on the held-out split (data.val_size); test: on the test set. With ,train_seconds or "
+        ",epochs: that accuracy against the cost, both optimized (a Pareto front; no pruning).",
         show_default="the study's, else val",
         rich_help_panel=SEARCH_PANEL,
     ),
@@ -247,6 +248,8 @@ def run_cmd(
     in_processes = needs_processes(worker_plan, gpus=gpus)
     if from_lr_finder and in_processes:
         raise UserError("--from-lr-finder runs in one process: enqueue it with a single `study run` first")
+    if Objective(study_plan.opts.objective).multi:
+        err_console.print("note: pruning is off for multi-objective studies (Optuna prunes one objective only)")
     with holding(open_study(study_plan)) as ctx:
         if in_processes:
             assert worker_plan is not None
@@ -261,9 +264,18 @@ def run_cmd(
         with view:
             study = runner.run(n_trials=n_trials, timeout=timeout)
             plots = _finish(ctx)
-    from sweeper.study import trial_rows
+    from sweeper.study import pareto_rows, trial_rows
 
     rows = trial_rows(study)
+    if ctx.objective.multi:
+        front = pareto_rows(study, ctx.objective) if study.best_trials else []
+        if json_:
+            print_json({"study": name, "trials": rows, "pareto": front, "plots": plots})
+            return
+        err_console.print(
+            f"Pareto front: {len(front)} trial(s); see them with: sweeper study best {name}", highlight=False
+        )
+        return
     best = max((r for r in rows if r["state"] == Outcome.COMPLETE.value), key=_row_value, default=None)
     if json_:
         print_json({"study": name, "trials": rows, "best": best, "plots": plots})
@@ -399,17 +411,34 @@ def best(
     name: NameArg,
     storage: StorageOpt = None,
     export: Annotated[
-        Path | None, typer.Option("--export", help="Write the best trial's resolved config YAML here.")
+        Path | None, typer.Option("--export", help="Write the chosen trial's resolved config YAML here.")
+    ] = None,
+    min_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            "--min-accuracy",
+            help="Multi-objective studies: the cheapest trial whose accuracy is at least this (a fraction, e.g. 0.9).",
+            show_default=False,
+        ),
     ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Show the best trial of study NAME (and export its config for `sweeper replay FILE`)."""
+    """Show the best trial of study NAME (and export its config for `sweeper replay FILE`).
+
+    A multi-objective study (--objective val,train_seconds ...) has a Pareto front instead: shown as a table;
+    --min-accuracy A picks the cheapest trial that reaches A, --export writes its config.
+    """
     from pipelines.paths import check_writable
-    from sweeper.study import best_trial, load_study
+    from sweeper.study import best_trial, is_multi_objective, load_study
 
     if export is not None:
         check_writable(export, what="--export", folder=False)
     study = load_study(storage, name)
+    if is_multi_objective(study):
+        _pareto(study, min_accuracy=min_accuracy, export=export, json_=json_)
+        return
+    if min_accuracy is not None:
+        raise UserError(f"--min-accuracy picks from a multi-objective study's front; {name!r} has one objective")
     trial = best_trial(study)
     payload = {
         "study": name,
@@ -430,5 +459,50 @@ def best(
     typer.echo(f"best trial {trial.number} of {name}: objective {100 * trial.value:.2f}%")
     for k, v in {**trial.params, "lr": payload["lr"]}.items():
         typer.echo(f"  {k} = {fmt(v)}")
+    if export is not None:
+        typer.echo(f"config written to {export}")
+
+
+def _pareto(study: Any, *, min_accuracy: float | None, export: Path | None, json_: bool) -> None:
+    """The front of a multi-objective study as a table (or JSON), or the cheapest trial reaching an accuracy."""
+    from sweeper.study import cheapest_reaching, pareto_rows, study_objective
+
+    objective = Objective(study_objective(study))
+    if min_accuracy is None:
+        if export is not None:
+            raise UserError("a multi-objective study has no single best trial: give --min-accuracy A to pick one")
+        front = pareto_rows(study, objective)
+        if json_:
+            print_json({"study": study.study_name, "objectives": objective.names, "pareto": front})
+            return
+        table = Table(title=f"Pareto front of {study.study_name}: {objective.split} accuracy against {objective.cost}")
+        for column in ("#", *objective.names, "epochs", "lr"):
+            table.add_column(column, justify="right")
+        for row in front:
+            accuracy, cost = row["values"].values()
+            table.add_row(str(row["number"]), pct(accuracy), f"{cost:.4g}", fmt(row["epochs"]), fmt(row["lr"], ".3g"))
+        Console().print(table)
+        return
+    trial = cheapest_reaching(study, objective, min_accuracy)
+    payload = {
+        "number": trial.number,
+        "values": dict(zip(objective.names, trial.values, strict=True)),
+        "params": trial.params,
+        "lr": trial.user_attrs.get("lr"),
+        "mlflow_run_id": outcome.run_id(trial, study.user_attrs),
+    }
+    if export is not None:
+        export.parent.mkdir(parents=True, exist_ok=True)
+        export.write_text(trial.user_attrs["config"])
+        payload["exported"] = str(export)
+    if json_:
+        print_json(payload)
+        return
+    accuracy, cost = trial.values
+    typer.echo(
+        f"cheapest trial reaching {objective.split} accuracy {min_accuracy:g}: {trial.number} "
+        f"({pct(accuracy)}, {objective.cost} {cost:.4g}); replay it with: "
+        f"sweeper replay --study {study.study_name} --trial {trial.number}"
+    )
     if export is not None:
         typer.echo(f"config written to {export}")
