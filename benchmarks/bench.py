@@ -46,7 +46,8 @@ from pipelines.data import Splits, load_splits  # noqa: E402
 from pipelines.errors import UserError  # noqa: E402
 from pipelines.model import build_model  # noqa: E402
 from pipelines.result import Result  # noqa: E402
-from pipelines.train import ModelCache, check_trainable, resolve_device, run  # noqa: E402
+from pipelines.reuse import RunCache  # noqa: E402
+from pipelines.train import check_trainable, resolve_device, run  # noqa: E402
 from sweeper.overrides import resolve_config  # noqa: E402
 
 __all__ = ["FLOP_PER_TRAIN_IMAGE", "VARIANTS", "bench", "format_table", "main", "measure_peak"]
@@ -259,16 +260,16 @@ def rates(*, seconds: float, epochs: int, images_per_epoch: int, flop_per_image:
 def run_fast_variant(
     config: Config, splits: Splits, *, seeds: int, warmup: bool, flop_per_image: float
 ) -> dict[str, Any]:
-    """``seeds`` runs of pipelines.train.run (seed, seed+1, ...) sharing one ModelCache; medians in the headline."""
-    models = ModelCache()  # as a sweep worker: the model (and its compiled graph) is built once
+    """``seeds`` runs of pipelines.train.run (seed, seed+1, ...) sharing one RunCache; medians in the headline."""
+    cache = RunCache()  # as a sweep worker: the model (and its compiled graph) is built once
     if warmup:
         short = config.with_overrides({"train.epochs": 1})
-        run(short, splits=splits, models=models, write_outputs=False)
+        run(short, splits=splits, cache=cache, write_outputs=False)
     runs: list[dict[str, Any]] = []
     process_seconds = None
     for i in range(seeds):
         seeded = config.with_overrides({"train.seed": config.train.seed + i})
-        result = run(seeded, splits=splits, models=models, write_outputs=False)
+        result = run(seeded, splits=splits, cache=cache, write_outputs=False)
         if process_seconds is None:
             process_seconds = time.perf_counter() - PROCESS_START
         runs.append(_fast_run_row(result, seed=seeded.train.seed))
@@ -447,11 +448,11 @@ def worker_main(args: argparse.Namespace) -> int:
     """One concurrent trial process: load the data, run --worker-trials trials, write the timings as JSON."""
     config = build_config(args)
     splits = load_splits(config.data)
-    models = ModelCache()
+    cache = RunCache()
     seconds, eval_seconds, accuracies, ends = [], [], [], []
     for i in range(args.worker_trials):
         seeded = config.with_overrides({"train.seed": config.train.seed + i})
-        result = run(seeded, splits=splits, models=models, write_outputs=False)
+        result = run(seeded, splits=splits, cache=cache, write_outputs=False)
         ends.append(time.perf_counter() - PROCESS_START)
         seconds.append(result.seconds)
         eval_seconds.append(result.eval_seconds)

@@ -43,7 +43,8 @@ import torch
 from pipelines.config import Config
 from pipelines.data import load_splits
 from pipelines.errors import UserError
-from pipelines.train import ModelCache, check_trainable, run
+from pipelines.reuse import RunCache
+from pipelines.train import check_trainable, run
 from sweeper.objective import objective_value
 from sweeper.space import Space, parse_space
 
@@ -75,7 +76,7 @@ def spaces() -> dict[str, Space]:
     }
 
 
-def search(space: Space, config: Config, splits: Any, *, seed: int, trials: int, models: ModelCache) -> dict:
+def search(space: Space, config: Config, splits: Any, *, seed: int, trials: int, cache: RunCache) -> dict:
     """``trials`` trained trials of TPE (seed ``seed``) over ``space``; best-so-far after each, rejections."""
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(multivariate=True, seed=seed))
     scores: list[float] = []
@@ -87,7 +88,7 @@ def search(space: Space, config: Config, splits: Any, *, seed: int, trials: int,
         if not REGION["lr"][0] <= cfg.optim.lr <= REGION["lr"][1]:
             rejected += 1
             raise optuna.TrialPruned("lr outside the region")
-        result = run(cfg, splits=splits, models=models, write_outputs=False)
+        result = run(cfg, splits=splits, cache=cache, write_outputs=False)
         score = objective_value("val", result.history[-1]) if result.status != "diverged" else 0.0
         scores.append(score)
         print(f"  {space.source} seed {seed} trial {len(scores)}/{trials}: lr {cfg.optim.lr:.3g} val {score:.4f}",
@@ -186,11 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    models = ModelCache()
+    cache = RunCache()
     runs: dict[str, list[dict]] = {name: [] for name in spaces()}
     for seed in range(args.seeds):
         for name, space in spaces().items():
-            runs[name].append(search(space, config, splits, seed=seed, trials=args.trials, models=models))
+            runs[name].append(search(space, config, splits, seed=seed, trials=args.trials, cache=cache))
     table = summarize(runs, args.trials)
     stamp = datetime.datetime.now(datetime.UTC)
     device = (

@@ -15,14 +15,15 @@ from pathlib import Path
 class EpochMetrics:
     """What one epoch measured. Accuracies are fractions in [0, 1]; losses are mean cross-entropy per image.
 
-    ``val_*`` is None when no validation split is held out (data.val_size = 0).
+    ``val_*`` is None when no validation split is held out (data.val_size = 0) or it was not due this epoch
+    (train.eval_every); ``test_*`` is None when the test set was not due (train.test_every). The last epoch has both.
     """
 
     epoch: int  # 1-based: the number of epochs finished
     train_loss: float
     train_accuracy: float
-    test_loss: float
-    test_accuracy: float
+    test_loss: float | None
+    test_accuracy: float | None
     val_loss: float | None
     val_accuracy: float | None
     lr: float  # LR at the end of the epoch

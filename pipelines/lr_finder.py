@@ -30,7 +30,9 @@ from pipelines.errors import UserError
 from pipelines.feed import Feeder
 from pipelines.model import build_model
 from pipelines.result import Result
-from pipelines.train import ModelCache, autocast, check_trainable, resolve_device, run
+from pipelines.reuse import RunCache
+from pipelines.step import autocast
+from pipelines.train import check_trainable, resolve_device, run
 
 log = logging.getLogger(__name__)
 
@@ -252,10 +254,10 @@ def accuracy_range_test(
     splits = splits or load_splits(config.data)
     check_trainable(configs[0], splits)
     metric = "val" if splits.val is not None else "test"
-    models = ModelCache()  # one model for all runs, re-initialised from train.seed each time
+    cache = RunCache()  # one model for all runs, re-initialised from train.seed each time
     points = []
     for i, cfg in enumerate(configs):
-        result = run(cfg, callbacks=callbacks(i, cfg) if callbacks else (), splits=splits, models=models,
+        result = run(cfg, callbacks=callbacks(i, cfg) if callbacks else (), splits=splits, cache=cache,
                      write_outputs=False)  # fmt: skip
         if on_result is not None:
             on_result(i, cfg, result)

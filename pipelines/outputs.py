@@ -12,8 +12,8 @@ from torch import nn
 from pipelines import plots
 from pipelines.callbacks import Callback
 from pipelines.config import Config
-from pipelines.feed import DeviceSet
 from pipelines.result import Result
+from pipelines.reuse import DeviceSet
 
 
 def write(

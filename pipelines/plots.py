@@ -74,15 +74,15 @@ def plot_lr_schedules(curves: dict[str, Sequence[float]], path: Path, *, steps_p
 
 def plot_curves(history: Sequence[EpochMetrics], path: Path) -> Path:
     """Loss and accuracy per epoch: train and test (and validation when held out)."""
-    epochs = [m.epoch for m in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_loss.plot(epochs, [m.train_loss for m in history], "o-", label="train")
-    ax_loss.plot(epochs, [m.test_loss for m in history], "s-", label="test")
-    ax_acc.plot(epochs, [100 * m.train_accuracy for m in history], "o-", label="train")
-    ax_acc.plot(epochs, [100 * m.test_accuracy for m in history], "s-", label="test")
-    if history and history[0].val_accuracy is not None:
-        ax_loss.plot(epochs, [m.val_loss for m in history], "^-", label="validation")
-        ax_acc.plot(epochs, [100 * (m.val_accuracy or 0.0) for m in history], "^-", label="validation")
+    for split, marker, label in (("train", "o-", "train"), ("test", "s-", "test"), ("val", "^-", "validation")):
+        # only the epochs that evaluated the split (train.eval_every / test_every)
+        points = [(m.epoch, getattr(m, f"{split}_loss"), getattr(m, f"{split}_accuracy")) for m in history]
+        points = [p for p in points if p[1] is not None and p[2] is not None]
+        if points:
+            epochs, losses, accuracies = zip(*points, strict=True)
+            ax_loss.plot(epochs, losses, marker, label=label)
+            ax_acc.plot(epochs, [100 * a for a in accuracies], marker, label=label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax_loss, ax_acc):

@@ -20,6 +20,7 @@ class Result:
     steps_per_epoch: int
     seconds: float  # training time: the epochs' wall time, evaluation excluded
     eval_seconds: float  # evaluation time, all epochs
+    compile_seconds: float = 0.0  # compiling the model (first run of a process) and capturing the step's graph
     total_seconds: float  # from the call to the return, data loading and plots included
     params: int
     device: str
@@ -56,6 +57,7 @@ class Result:
             "epochs": len(self.history),
             "seconds": round(self.seconds, 3),
             "eval_seconds": round(self.eval_seconds, 3),
+            "compile_seconds": round(self.compile_seconds, 3),
             "total_seconds": round(self.total_seconds, 3),
             "device": self.device,
             "out_dir": str(self.out_dir) if self.out_dir else None,

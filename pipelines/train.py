@@ -1,15 +1,17 @@
-"""The training loop: SGD with the configured LR schedule, evaluation after every epoch, the run's :class:`Result`.
+"""The training loop: epochs of :class:`~pipelines.step.TrainStep`, evaluation when due, the run's :class:`Result`.
 
 Hot path rules (why it is fast): batches come from :class:`~pipelines.feed.Feeder` (uint8 data on the device,
 augmented a whole epoch at a time); losses and correct counts are summed on the device and read once per epoch
-(no host sync per step); bf16 autocast and channels_last on CUDA; every step's LR is known ahead of time and
-set as a float (no scheduler in the loop; plateau's cuts are decided at epoch ends, from the one host read).
-What a run writes to train.out_dir is :mod:`pipelines.outputs`.
+(no host sync per step); bf16 autocast and channels_last on CUDA; every step's LR is known ahead of time (no
+scheduler in the loop; plateau's cuts are decided at epoch ends, from the one host read); evaluation every
+train.eval_every / test_every epochs, in batches of one shape. Models and device data come from a
+:class:`~pipelines.reuse.RunCache`; what a run writes to train.out_dir is :mod:`pipelines.outputs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -27,38 +29,15 @@ from pipelines.callbacks import Callback, CallbackList, EpochMetrics
 from pipelines.config import MIN_IMAGE_SIZE, Config
 from pipelines.data import Splits, load_splits
 from pipelines.errors import UserError, one_line
-from pipelines.feed import DeviceSet, Feeder
-from pipelines.model import build_model, count_parameters, reset_parameters
+from pipelines.feed import Feeder
+from pipelines.model import count_parameters
 from pipelines.paths import check_writable
 from pipelines.result import Result
+from pipelines.reuse import DeviceSet, RunCache
 from pipelines.schedules import Plateau, schedule_curve
+from pipelines.step import TrainStep, autocast
 
 log = logging.getLogger(__name__)
-
-
-class ModelCache:
-    """Keeps built (and compiled) models for reuse across runs in one process, e.g. the trials of a worker.
-
-    Reuse re-initialises weights in place, so ``torch.compile`` happens once per (width, classes, device).
-    """
-
-    def __init__(self) -> None:
-        self._models: dict[tuple[float, int, str, bool], tuple[nn.Module, nn.Module]] = {}
-
-    def get(self, config: Config, *, num_classes: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
-        """(model, callable): the eager module that owns the weights, and what to call (compiled or not)."""
-        compile_ = config.train.compile
-        key = (config.model.width, num_classes, str(device), compile_)
-        if key not in self._models:
-            self._models.clear()  # keep one: a space that searches model.width must not pile models on the GPU
-            model = build_model(config.model, num_classes=num_classes).to(device)
-            if device.type == "cuda":
-                model = model.to(memory_format=torch.channels_last)  # NHWC convs are faster on tensor cores
-            runner = torch.compile(model) if compile_ else model
-            self._models[key] = (model, runner)
-        model, runner = self._models[key]
-        reset_parameters(model, seed=config.train.seed)
-        return model, runner
 
 
 def check_trainable(config: Config, splits: Splits, *, write_outputs: bool = True) -> None:
@@ -111,16 +90,17 @@ def run(
     *,
     callbacks: Iterable[Callback] = (),
     splits: Splits | None = None,
-    models: ModelCache | None = None,
+    cache: RunCache | None = None,
     write_outputs: bool = True,
 ) -> Result:
-    """Train ``config`` and evaluate every epoch; report through ``callbacks``; write outputs to train.out_dir.
+    """Train ``config``, evaluating as train.eval_every/test_every say; report through ``callbacks``; write outputs.
 
-    ``splits``: pre-loaded data (else loaded from config.data); ``models``: a cache to reuse compiled models.
-    A NaN/infinite loss ends the run with status "diverged"; a callback's should_stop ends it as "stopped".
+    ``splits``: pre-loaded data (else loaded from config.data); ``cache``: models and device data kept across the
+    runs of one process. A NaN/infinite loss ends the run as "diverged"; a callback's should_stop as "stopped".
     """
     started = time.perf_counter()
     cb = CallbackList(callbacks)
+    cache = cache or RunCache()
     device = resolve_device(config.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # input shapes are fixed: let cuDNN pick the fastest conv kernels
@@ -131,22 +111,16 @@ def run(
     steps_per_epoch = len(splits.train) // config.train.batch_size  # the last partial batch is dropped (Myrtle)
     total_steps = steps_per_epoch * config.train.epochs
 
-    model, runner = (models or ModelCache()).get(config, num_classes=len(splits.classes), device=device)
+    size = tuple(splits.train.images.shape[1:3])
+    built = cache.model(config, num_classes=len(splits.classes), device=device, image_size=size)
+    model, runner = built.module, built.runner
     curve = schedule_curve(config, steps_per_epoch=steps_per_epoch)  # every step's LR, known ahead (torch's schedulers)
     plateau = Plateau(config) if curve.adaptive else None
     scale = 1.0  # plateau's cuts so far, a factor on the planned LR
     lrs = list(curve.lrs)  # the LRs used: the plan, times plateau's cuts from where they were made
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=curve.lrs[0],
-        momentum=curve.momenta[0],
-        nesterov=config.optim.nesterov,
-        weight_decay=config.optim.weight_decay,
-        fused=device.type == "cuda",  # one kernel for the whole update
-    )
-    group = optimizer.param_groups[0]
     criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
-    feeder = Feeder(config, splits, device)
+    feeder = Feeder(config, splits, device, cache)
+    train_step = TrainStep(config, model, runner, criterion, curve, feeder.normalize, device)
     cb.on_start(total_steps=total_steps, steps_per_epoch=steps_per_epoch, lrs=() if curve.adaptive else curve.lrs)
 
     history: list[EpochMetrics] = []
@@ -154,46 +128,36 @@ def run(
     train_seconds = eval_seconds = 0.0
     step = 0
     test_predictions: torch.Tensor | None = None
+    evaluate = functools.partial(_evaluate, runner, model, normalize=feeder.normalize,
+                                 batch=config.train.eval_batch_size, pad=built.compiled)  # fmt: skip
     for epoch in range(1, config.train.epochs + 1):
         model.train()
         t0 = _now(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        for x, y in feeder.epoch():
-            group["lr"] = lrs[step]  # a float the optimizer reads: no scheduler in the loop
-            if curve.cycles_momentum:
-                group["momentum"] = curve.momenta[step]
-            with autocast(device):
-                logits = runner(x)
-                loss = criterion(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            # Summed on the device: read once at epoch end, so no step waits for the GPU.
-            loss_sum += loss.detach().float() * y.shape[0]
-            correct += (logits.detach().argmax(1) == y).sum()
+        for x, y in feeder.raw_epoch():
+            train_step(x, y, step, lrs[step])
             seen += y.shape[0]
             cb.on_step(step, lrs[step])
             step += 1
-        loss_total, correct_total = torch.stack([loss_sum, correct.float()]).tolist()  # the epoch's one host sync
+        loss_total, correct_total = train_step.take_sums()  # the epoch's one host sync
         train_loss = loss_total / max(seen, 1)
         epoch_seconds = _now(device) - t0
         train_seconds += epoch_seconds
 
         t1 = _now(device)
-        eval_batch = config.train.eval_batch_size
-        test = _evaluate(runner, model, feeder.test, feeder.normalize, batch=eval_batch, keep_predictions=True)
-        test_predictions = test.predictions
-        val = _evaluate(runner, model, feeder.val, feeder.normalize, batch=eval_batch) if feeder.val else None
+        val_due, test_due = _due(config, epoch, has_val=feeder.val is not None)
+        test = evaluate(feeder.test, keep_predictions=True) if test_due else None
+        if test is not None:
+            test_predictions = test.predictions
+        val = evaluate(feeder.val) if val_due and feeder.val is not None else None
         epoch_eval = _now(device) - t1
         eval_seconds += epoch_eval
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,
             train_accuracy=correct_total / max(seen, 1),
-            test_loss=test.loss,
-            test_accuracy=test.accuracy,
+            test_loss=test.loss if test else None,
+            test_accuracy=test.accuracy if test else None,
             val_loss=val.loss if val else None,
             val_accuracy=val.accuracy if val else None,
             lr=lrs[step - 1],
@@ -210,11 +174,13 @@ def run(
         if stop:
             status, reason = "stopped", stop
             break
-        if plateau is not None and step >= curve.warmup_steps:  # cuts start once the warm-up is over
-            new_scale = plateau.step(val.loss if val else test.loss)
+        watched = val if val is not None else test
+        if plateau is not None and watched is not None and step >= curve.warmup_steps:  # cuts start after warm-up
+            new_scale = plateau.step(watched.loss)
             if new_scale != scale:
                 scale = new_scale
                 lrs[step:] = [lr * scale for lr in curve.lrs[step:]]
+                train_step.set_lrs(lrs)
 
     result = Result(
         status=status,
@@ -224,6 +190,7 @@ def run(
         steps_per_epoch=steps_per_epoch,
         seconds=train_seconds,
         eval_seconds=eval_seconds,
+        compile_seconds=built.compile_seconds + train_step.capture_seconds,
         total_seconds=0.0,
         params=count_parameters(model),
         device=_device_name(device),
@@ -232,8 +199,18 @@ def run(
     )
     artifacts: dict[str, Path] = {}
     if write_outputs:
+        if test_predictions is None:  # a run stopped before its test set was due: predict now for the plots
+            test_predictions = evaluate(feeder.test, keep_predictions=True).predictions
         artifacts = outputs.write(config, result, model, feeder.test, test_predictions, curve.momenta, cb)
     return dataclasses.replace(result, artifacts=artifacts, total_seconds=time.perf_counter() - started)
+
+
+def _due(config: Config, epoch: int, *, has_val: bool) -> tuple[bool, bool]:
+    """(validation due, test due) after ``epoch``: every eval_every (test_every) epochs and always at the last."""
+    last = epoch == config.train.epochs
+    eval_every = config.train.eval_every
+    test_every = config.train.test_every or eval_every
+    return has_val and (last or epoch % eval_every == 0), last or epoch % test_every == 0
 
 
 @dataclass(frozen=True)
@@ -248,22 +225,30 @@ def _evaluate(
     runner: nn.Module,
     model: nn.Module,
     data: DeviceSet,
-    normalize: Callable[[torch.Tensor], torch.Tensor],
     *,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
     batch: int,
+    pad: bool,
     keep_predictions: bool = False,
 ) -> _Eval:
-    """Mean loss and accuracy over ``data`` (eval-mode BN); sums stay on the device until the end."""
+    """Mean loss and accuracy over ``data`` (eval-mode BN); sums stay on the device until the end.
+
+    ``pad``: the last partial batch is padded to ``batch`` images, so a compiled model sees one shape only (no
+    recompile for the remainder); the padding's outputs are dropped.
+    """
     model.eval()
     device = data.labels.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     preds = []
     for start in range(0, len(data), batch):
-        x = normalize(data.images[start : start + batch])
+        images = data.images[start : start + batch]
         y = data.labels[start : start + batch]
+        n = images.shape[0]
+        if pad and n < batch:
+            images = torch.cat([images, images.new_zeros((batch - n, *images.shape[1:]))])
         with autocast(device):
-            logits = runner(x)
+            logits = runner(normalize(images))[:n]
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         pred = logits.argmax(1)
         correct += (pred == y).sum()
@@ -272,12 +257,6 @@ def _evaluate(
     model.train()
     n = max(len(data), 1)
     return _Eval(float(loss_sum) / n, float(correct) / n, torch.cat(preds) if preds else None)
-
-
-def autocast(device: torch.device) -> torch.autocast:
-    """The autocast context of the forward pass on ``device``."""
-    # bf16 on CUDA: tensor-core speed without loss scaling; CPU stays fp32 (bf16 is slower on most CPUs).
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def _now(device: torch.device) -> float:

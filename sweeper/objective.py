@@ -48,16 +48,20 @@ class Objective(str, enum.Enum):
         return [f"{self.split}_accuracy", *([self.cost] if self.cost else [])]
 
     @property
+    def keys(self) -> list[str]:
+        """The values' keys in JSON (``study best --json``, pareto.json): e.g. val, train_seconds."""
+        return [self.split, *([self.cost] if self.cost else [])]
+
+    @property
     def directions(self) -> list[str]:
         return ["maximize", *(["minimize"] if self.cost else [])]
 
 
-def objective_value(objective: Objective | str, metrics: EpochMetrics) -> float:
-    """The accuracy objective after an epoch: validation accuracy for ``val`` (test accuracy when no split is held
-    out, which planning refuses for studies), test accuracy for ``test``."""
-    if Objective(objective).split == "val" and metrics.val_accuracy is not None:
-        return metrics.val_accuracy
-    return metrics.test_accuracy
+def objective_value(objective: Objective | str, metrics: EpochMetrics) -> float | None:
+    """The accuracy objective after an epoch: validation accuracy for ``val`` (planning refuses it without a held
+    out split), test accuracy for ``test``; None when that split was not evaluated this epoch (train.eval_every,
+    train.test_every)."""
+    return metrics.val_accuracy if Objective(objective).split == "val" else metrics.test_accuracy
 
 
 def objective_values(objective: Objective | str, result: Result, config: Config) -> float | list[float]:

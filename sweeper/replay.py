@@ -13,7 +13,8 @@ from pipelines.config import Config
 from pipelines.data import Splits, load_splits
 from pipelines.errors import one_line
 from pipelines.result import Result
-from pipelines.train import ModelCache, check_trainable, run
+from pipelines.reuse import RunCache
+from pipelines.train import check_trainable, run
 from sweeper import outcome
 from sweeper.interrupts import InterruptCheck
 from sweeper.outcome import Outcome
@@ -117,7 +118,7 @@ def replay(
     splits: Splits | None = None,
 ) -> ReplayResult:
     """Train ``config`` once per seed (train.seed, +1, ...), each an MLflow run tagged sweeper.role=replay."""
-    models = ModelCache()
+    cache = RunCache(compile_on_cuda=True)  # the seeds share one compile
     first = replay_config(config, seed=config.train.seed, out_dir=runs_dir)
     splits = splits or load_splits(first.data)  # once for all seeds, and checked before any run is created
     check_trainable(first, splits)
@@ -146,13 +147,14 @@ def replay(
         tracked.keep_weights = True
         callbacks = [tracked, InterruptCheck(), *(progress(k) if progress else ())]
         try:
-            result = run(cfg, callbacks=callbacks, models=models, splits=splits)
+            result = run(cfg, callbacks=callbacks, cache=cache, splits=splits)
         except KeyboardInterrupt:
             tracked.finish(Outcome.INTERRUPTED, reason=Outcome.INTERRUPTED.value)
             raise
         except Exception as err:
             tracked.finish(Outcome.FAILED, reason=one_line(err, with_type=True))
             raise
+        tracked.log_compile(result.compile_seconds)  # the first seed on CUDA
         tracked.finish(outcome.of_result(result), reason=result.reason, trial_seconds=result.total_seconds)
         results.append(result)
         run_ids.append(tracked.run_id)

@@ -25,6 +25,9 @@ class SamplerName(str, enum.Enum):
     grid = "grid"
 
 
+MULTI_OBJECTIVE_UNSUPPORTED = frozenset({"cmaes"})  # Optuna's CMA-ES optimizes one objective only
+
+
 class PrunerName(str, enum.Enum):
     median = "median"
     hyperband = "hyperband"

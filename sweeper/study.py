@@ -28,7 +28,7 @@ from pipelines.train import check_trainable
 from sweeper import outcome, study_plots
 from sweeper.objective import Objective
 from sweeper.outcome import Outcome
-from sweeper.samplers import make_pruner, make_sampler
+from sweeper.samplers import MULTI_OBJECTIVE_UNSUPPORTED, make_pruner, make_sampler
 from sweeper.space import Space, load_space, space_from_yaml
 from sweeper.storage import (
     check_creatable,
@@ -136,13 +136,18 @@ def plan_study(
         choices = ", ".join(o.value for o in Objective)
         raise UserError(f"unknown objective {opts.objective!r}: use one of {choices}") from err
     recorded_objective = recorded.get("objective")
-    if recorded_objective and Objective(recorded_objective).directions != objective.directions:
+    if recorded_objective and recorded_objective != objective.value:
         raise UserError(
             f"study {opts.name!r} optimizes {recorded_objective}: a study's objectives cannot change to "
-            f"{objective.value}; start another study"
+            f"{objective.value} (its trials would mix the two); start another study"
         )
     if objective.multi and opts.pruner != "none":
         opts = dataclasses.replace(opts, pruner="none")  # Optuna prunes single-objective studies only
+    if objective.multi and opts.sampler in MULTI_OBJECTIVE_UNSUPPORTED:
+        raise UserError(
+            f"--sampler {opts.sampler} cannot optimize two objectives ({objective.value}); "
+            "use tpe (the default), random, gp or grid"
+        )
     if objective.split == "val" and config.data.val_size <= 0:
         raise UserError("objective val needs data.val_size > 0 (a validation split); set it or use --objective test")
     if keep_recorded and recorded:
@@ -292,7 +297,7 @@ def finish_study(ctx: StudyContext, *, out_dir: Path) -> dict[str, Path]:
         front = pareto_rows(study, ctx.objective)
         ctx.tracker.set_tags(ctx.parent_run_id, {"pareto.trials": ",".join(str(r["number"]) for r in front)})
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "pareto.json").write_text(json.dumps({"objectives": ctx.objective.names, "pareto": front}, indent=2))
+        (out_dir / "pareto.json").write_text(json.dumps({"objectives": ctx.objective.keys, "pareto": front}, indent=2))
         ctx.tracker.log_artifact(ctx.parent_run_id, out_dir / "pareto.json")
     else:
         best = study.best_trial
@@ -313,27 +318,33 @@ def finish_study(ctx: StudyContext, *, out_dir: Path) -> dict[str, Path]:
 
 
 def pareto_rows(study: optuna.Study, objective: Objective) -> list[dict[str, Any]]:
-    """A multi-objective study's Pareto front (Optuna's best_trials), by increasing cost: number, values by
-    name, params, epochs and lr of each."""
-    rows = []
-    for t in sorted(study.best_trials, key=_cost):
-        config = (
-            Config.from_yaml(t.user_attrs["config"], source=f"trial {t.number}") if "config" in t.user_attrs else None
-        )
-        rows.append(
-            {
-                "number": t.number,
-                "values": dict(zip(objective.names, t.values, strict=True)),
-                "params": t.params,
-                "epochs": config.train.epochs if config else None,
-                "lr": t.user_attrs.get("lr"),
-            }
-        )
-    return rows
+    """A multi-objective study's Pareto front (Optuna's best_trials), by increasing cost (see pareto_row)."""
+    return [pareto_row(t, objective, study.user_attrs) for t in sorted(study.best_trials, key=_cost)]
+
+
+def pareto_row(trial: FrozenTrial, objective: Objective, study_attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial of a multi-objective study as `study best --json` and pareto.json show it: number, values by
+    key (e.g. val, train_seconds), params, epochs, lr, MLflow run id."""
+    config = (
+        Config.from_yaml(trial.user_attrs["config"], source=f"trial {trial.number}")
+        if "config" in trial.user_attrs
+        else None
+    )
+    return {
+        "number": trial.number,
+        "values": dict(zip(objective.keys, trial.values, strict=True)),
+        "params": trial.params,
+        "epochs": config.train.epochs if config else None,
+        "lr": trial.user_attrs.get("lr"),
+        "mlflow_run_id": outcome.run_id(trial, study_attrs),
+    }
 
 
 def cheapest_reaching(study: optuna.Study, objective: Objective, accuracy: float) -> FrozenTrial:
     """The complete trial of least cost whose accuracy is at least ``accuracy`` (ties: the more accurate)."""
+    if not 0 <= accuracy <= 1:  # NaN fails this too
+        hint = f"; for {accuracy:g} % write {accuracy / 100:g}" if 1 < accuracy <= 100 else ""
+        raise UserError(f"--min-accuracy must be a fraction between 0 and 1, got {accuracy:g}{hint}")
     reaching = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values[0] >= accuracy]
     if not reaching:
         best = max((t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), default=None)
@@ -368,16 +379,17 @@ def list_studies(storage_url: str | None) -> list[dict[str, Any]]:
     storage = make_storage(storage_url, heartbeat=False)
     out = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
-        best = s.best_trial
-        out.append(
-            {
-                "name": s.study_name,
-                "trials": s.n_trials,
-                "best_value": best.value if best else None,
-                "best_trial": best.number if best else None,
-                "started": s.datetime_start.isoformat() if s.datetime_start else None,
-            }
-        )
+        best = s.best_trial if len(s.directions) == 1 else None
+        row = {
+            "name": s.study_name,
+            "trials": s.n_trials,
+            "best_value": best.value if best else None,
+            "best_trial": best.number if best else None,
+            "started": s.datetime_start.isoformat() if s.datetime_start else None,
+        }
+        if len(s.directions) > 1:  # no single best: the size of the Pareto front instead
+            row["pareto_trials"] = len(optuna.load_study(study_name=s.study_name, storage=storage).best_trials)
+        out.append(row)
     return out
 
 
@@ -459,7 +471,7 @@ def best_trial(study: optuna.Study, number: int | None = None) -> FrozenTrial:
     if is_multi_objective(study):
         raise UserError(
             f"study {study.study_name!r} has two objectives: no single best trial; pick one from its Pareto front "
-            f"(`sweeper study best {study.study_name}`) with --trial N, or with --min-accuracy A"
+            f"(`sweeper study best {study.study_name} [--min-accuracy A]`) and pass --trial N"
         )
     try:
         return study.best_trial

@@ -103,9 +103,13 @@ def _accuracy_vs_params(trials: list[FrozenTrial], objective: Objective) -> plt.
             ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
         scatter = ax.scatter(xs, [_accuracy(t) * 100 for t in drawn], c=[t.number for t in drawn], cmap="viridis",
                              s=28, edgecolors="none")  # fmt: skip
-        if numeric and min(xs) > 0 and max(xs) / min(xs) > 10:
+        integers = numeric and all(float(x).is_integer() for x in xs)  # e.g. train.epochs: linear, legible
+        if numeric and not integers and min(xs) > 0 and max(xs) / min(xs) > 10:
             ax.set_xscale("log")
-        ax.set_xlabel(name, fontsize=9)
+            # labelled minor ticks overprint on short decades: major ticks only, plainly written
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_title(name, fontsize=9)  # above its own panel: an x label under rotated ticks reads as the next's
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(names) :]:

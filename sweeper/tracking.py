@@ -257,6 +257,11 @@ class TrialRun(Callback):
         batch = [[k, float(v), ts, metrics.epoch] for k, v in values.items() if v is not None]
         self._submit({"op": "batch", "metrics": batch})
 
+    def log_compile(self, seconds: float) -> None:
+        """The compile (and graph capture) a run paid before training: apart, so trial times compare."""
+        if seconds > 0:
+            self._submit({"op": "batch", "metrics": [["compile_seconds", float(seconds), _now_ms(), 0]]})
+
     def on_artifact(self, path: Path, name: str) -> None:
         if name == "model.pt" and not self.keep_weights:
             return  # a trial's weights stay in its out_dir

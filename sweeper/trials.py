@@ -22,7 +22,8 @@ from pipelines.callbacks import Callback, EpochMetrics
 from pipelines.config import Config
 from pipelines.data import Splits, SplitsCache
 from pipelines.errors import UserError, one_line
-from pipelines.train import ModelCache, run
+from pipelines.reuse import RunCache
+from pipelines.train import run
 from sweeper import interrupts, outcome
 from sweeper.interrupts import InterruptCheck
 from sweeper.objective import Objective, objective_value, objective_values
@@ -63,12 +64,21 @@ class TrialReporter(Callback):
         self.observer.on_epoch(self.trial.number, metrics, objective_value(self.objective, metrics))
 
     def should_stop(self, metrics: EpochMetrics) -> str | None:
-        if self.objective.multi:
+        value = objective_value(self.objective, metrics)
+        if self.objective.multi or value is None:  # None: not evaluated this epoch (train.eval_every)
             return None
-        self.trial.report(objective_value(self.objective, metrics), metrics.epoch)
+        self.trial.report(value, metrics.epoch)
         if metrics.epoch >= self.epochs:
             return None
         return Outcome.PRUNED.value if self.trial.should_prune() else None
+
+
+def trial_config(config: Config, objective: Objective) -> Config:
+    """What a trial trains: ``config`` with the test set evaluated once, at the end, when the objective (and the
+    pruner) read the validation split and train.test_every is unset: no decision reads the test set before."""
+    if objective.split == "val" and config.train.test_every is None:
+        return config.with_overrides({"train.test_every": config.train.epochs})
+    return config
 
 
 @dataclass
@@ -86,7 +96,7 @@ class TrialRunner:
 
     ctx: StudyContext
     observer: StudyObserver = field(default_factory=StudyObserver)
-    models: ModelCache = field(default_factory=ModelCache)
+    cache: RunCache = field(default_factory=lambda: RunCache(compile_on_cuda=True))
     data: SplitsCache = field(default_factory=SplitsCache)
     _open: dict[int, _Open] = field(default_factory=dict)
     _failures: int = 0
@@ -99,7 +109,9 @@ class TrialRunner:
         out_dir = Path(ctx.opts.runs_dir) / ctx.opts.name / f"trial-{trial.number:04d}"
         try:
             overrides = ctx.space.suggest(trial, ctx.config)
-            config = ctx.config.with_overrides({**overrides, "train.out_dir": str(out_dir)})
+            config = trial_config(
+                ctx.config.with_overrides({**overrides, "train.out_dir": str(out_dir)}), ctx.objective
+            )
         except UserError as err:  # a combination of drawn values the config rejects: this trial fails, alone
             trial.set_user_attr(REASON, one_line(err, limit=500))
             log.warning("trial %d draws an invalid config: %s", trial.number, err)
@@ -116,7 +128,7 @@ class TrialRunner:
         try:
             callbacks = [tracked, reporter, InterruptCheck()]
             with interrupts.allowed():  # training may be cut anywhere; Optuna's calls around it may not
-                result = run(config, callbacks=callbacks, splits=self.splits(config), models=self.models)
+                result = run(config, callbacks=callbacks, splits=self.splits(config), cache=self.cache)
         except KeyboardInterrupt:
             trial.set_user_attr(REASON, Outcome.INTERRUPTED.value)
             raise
@@ -130,6 +142,7 @@ class TrialRunner:
             raise
         trial.set_user_attr("test_accuracy", result.test_accuracy)
         trial.set_user_attr("train_seconds", result.seconds)
+        tracked.log_compile(result.compile_seconds)  # the worker's first trial on CUDA
         ended = outcome.of_result(result)
         if ended is Outcome.DIVERGED:
             trial.set_user_attr(REASON, Outcome.DIVERGED.value)

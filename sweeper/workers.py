@@ -27,6 +27,10 @@ from sweeper.urls import is_sqlite
 
 log = logging.getLogger(__name__)
 
+# Worker processes per GPU for `--workers auto`, by GPU model: what the concurrency measurement found best.
+# H200 (issue 13's table, 2026-11-28, `python -m benchmarks.bench --concurrency 1,2,4`, 8-epoch eager trials of
+# the recipe sharing one GPU): 712, 788 and 868 trials/h for 1, 2 and 4 workers, so 4. A GPU not measured gets 1.
+WORKERS_PER_GPU = {"H200": 4}
 STOP_SECONDS = 30.0  # after SIGINT, how long workers get to record their trials before SIGKILL
 POLL_SECONDS = 1.0  # how often the parent refreshes its view while workers run
 
@@ -68,10 +72,35 @@ def visible_gpus() -> list[str]:
     return inherited[:count] if inherited else [str(i) for i in range(count)]
 
 
+def gpu_names(gpus: list[str]) -> list[str]:
+    """The model names of ``gpus`` (visible_gpus() entries), e.g. "NVIDIA H200"."""
+    import torch
+
+    return [torch.cuda.get_device_name(i) for i in range(len(gpus))]
+
+
+def workers_per_gpu(name: str) -> int:
+    """How many worker processes share a GPU of this model under `--workers auto` (WORKERS_PER_GPU)."""
+    return next((count for model, count in WORKERS_PER_GPU.items() if model in name), 1)
+
+
+def auto_devices(visible: list[str], names: list[str], *, n_trials: int, sqlite: bool) -> list[str | None]:
+    """`--workers auto`: workers_per_gpu() workers on each visible GPU (one on SQLite, which cannot take several),
+    never more workers than trials; one worker on the CPU."""
+    if not visible:
+        return [None]
+    per_gpu = [1 if sqlite else workers_per_gpu(name) for name in names]
+    if sqlite and any(workers_per_gpu(name) > 1 for name in names):
+        log.info("--workers auto: one worker per GPU on SQLite; a server database lets several share each GPU")
+    devices = [gpu for count in range(max(per_gpu)) for gpu, k in zip(visible, per_gpu, strict=True) if count < k]
+    return devices[: max(n_trials, len(visible))]  # an extra worker with no trial to run would only compile
+
+
 def plan_workers(*, workers: str | None, gpus: str | None, n_trials: int, storage: str | None) -> list[WorkerPlan]:
     """Split ``n_trials`` over the workers (Optuna's n_trials is per process, so the total is exact).
 
-    ``gpus``: "0,1,3" -> one worker per listed GPU. ``workers``: a number, or "auto" (one per visible GPU, else 1).
+    ``gpus``: "0,1,3" -> one worker per listed GPU. ``workers``: a number, or "auto" (on each visible GPU as many
+    as WORKERS_PER_GPU found best for its model, else 1; one on the CPU).
     """
     if gpus:
         devices = [g.strip() for g in gpus.split(",") if g.strip()]
@@ -81,10 +110,12 @@ def plan_workers(*, workers: str | None, gpus: str | None, n_trials: int, storag
     else:
         visible = visible_gpus()
         if workers in (None, "auto"):
-            count = max(1, len(visible))
+            sqlite = is_sqlite(resolve_storage_url(storage))
+            devices = auto_devices(visible, gpu_names(visible) if visible else [], n_trials=n_trials, sqlite=sqlite)
+            count = len(devices)
         else:
             count = positive_int(workers, name="--workers", expected="a number or auto")
-        devices = [visible[i % len(visible)] for i in range(count)] if visible else [None] * count
+            devices = [visible[i % len(visible)] for i in range(count)] if visible else [None] * count
     if count > 1 and is_sqlite(resolve_storage_url(storage)):
         raise UserError(
             "several workers need a server database: SQLite locks and duplicates trials under concurrency; "

@@ -17,7 +17,8 @@ from pipelines.data import Splits, load_splits
 from pipelines.errors import UserError
 from pipelines.model import ResNet9
 from pipelines.result import Result
-from pipelines.train import ModelCache, run
+from pipelines.reuse import RunCache
+from pipelines.train import run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS_PER_EPOCH = 300 // 32  # the fixture's 300 training images, the last partial batch dropped
@@ -168,9 +169,9 @@ def test_a_reused_model_cache_gives_the_same_history_as_a_fresh_model(
     image_folder: Path, tmp_path: Path, splits: Splits
 ) -> None:
     cfg = tiny(image_folder, tmp_path / "a", **{"train.epochs": 1})
-    cache = ModelCache()
-    run(cfg.with_overrides({"train.seed": 5}), splits=splits, models=cache, write_outputs=False)
-    reused = run(cfg, splits=splits, models=cache, write_outputs=False)  # weights re-initialised from seed 0
+    cache = RunCache()
+    run(cfg.with_overrides({"train.seed": 5}), splits=splits, cache=cache, write_outputs=False)
+    reused = run(cfg, splits=splits, cache=cache, write_outputs=False)  # weights re-initialised from seed 0
     fresh = run(cfg, splits=splits, write_outputs=False)
     assert losses(reused) == losses(fresh)
 

@@ -166,10 +166,9 @@ class RichProgress(Callback):
     def on_epoch(self, metrics: EpochMetrics) -> None:
         if self.progress is None:
             return
-        stats = (
-            f"loss {metrics.train_loss:.3f} train {100 * metrics.train_accuracy:.1f}% "
-            f"test {100 * metrics.test_accuracy:.1f}%"
-        )
+        stats = f"loss {metrics.train_loss:.3f} train {100 * metrics.train_accuracy:.1f}%"
+        if metrics.test_accuracy is not None:
+            stats += f" test {100 * metrics.test_accuracy:.1f}%"
         if metrics.val_accuracy is not None:
             stats += f" val {100 * metrics.val_accuracy:.1f}%"
         next_epoch = min(metrics.epoch + 1, self.epochs_total)

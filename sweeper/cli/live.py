@@ -102,7 +102,10 @@ class LiveStudyView:
         table = Table(title=f"study {self.name}", expand=False)
         columns = self._columns()
         for header, _ in columns:
-            table.add_column(header, justify="left" if header == "state" else "right", no_wrap=True)
+            # the trial number and the accuracies keep their width when the terminal is narrow: they are what
+            # a user reads off to pass --trial N
+            keep = {"#": 4, "state": 8}.get(header, 6 if header in ("val", "test") else None)
+            table.add_column(header, justify="left" if header == "state" else "right", no_wrap=True, min_width=keep)
         for number in sorted(self.rows)[-ROWS_SHOWN:]:
             row = self.rows[number]
             table.add_row(*(cell(row) for _, cell in columns))

@@ -149,12 +149,18 @@ def init(
     sp, cfg, changes = _study_inputs(config, set_, overrides, data, space)
     opts = _opts(name, storage=storage, tracking=tracking_uri, sampler=sampler, pruner=pruner, objective=objective)
     plan = plan_study(opts, space=sp, config=cfg, overrides=changes, data=SplitsCache(), keep_recorded=not force)
+    _pruning_note(plan.opts.objective)
     ctx = open_study(plan)
     close_study(ctx, Outcome.COMPLETE)  # made and recorded; `study run` marks it RUNNING again
     typer.echo(
         f"study {name!r} ready: {len(ctx.study.trials)} trials so far; MLflow experiment {ctx.tracker.experiment_id}, "
         f"parent run {ctx.parent_run_id}"
     )
+
+
+def _pruning_note(objective: str) -> None:
+    if Objective(objective).multi:
+        err_console.print("note: pruning is off for multi-objective studies (Optuna prunes one objective only)")
 
 
 @study_app.command("run")
@@ -248,8 +254,7 @@ def run_cmd(
     in_processes = needs_processes(worker_plan, gpus=gpus)
     if from_lr_finder and in_processes:
         raise UserError("--from-lr-finder runs in one process: enqueue it with a single `study run` first")
-    if Objective(study_plan.opts.objective).multi:
-        err_console.print("note: pruning is off for multi-objective studies (Optuna prunes one objective only)")
+    _pruning_note(study_plan.opts.objective)
     with holding(open_study(study_plan)) as ctx:
         if in_processes:
             assert worker_plan is not None
@@ -264,13 +269,18 @@ def run_cmd(
         with view:
             study = runner.run(n_trials=n_trials, timeout=timeout)
             plots = _finish(ctx)
+    _report(ctx, study, plots, json_=json_)
+
+
+def _report(ctx: StudyContext, study: Any, plots: dict[str, str], *, json_: bool, **extra: Any) -> None:
+    """What a finished `study run` prints: the trials (JSON) and the best trial, or the Pareto front's size."""
     from sweeper.study import pareto_rows, trial_rows
 
-    rows = trial_rows(study)
+    name, rows = ctx.opts.name, trial_rows(study)
     if ctx.objective.multi:
         front = pareto_rows(study, ctx.objective) if study.best_trials else []
         if json_:
-            print_json({"study": name, "trials": rows, "pareto": front, "plots": plots})
+            print_json({"study": name, "trials": rows, "pareto": front, "plots": plots, **extra})
             return
         err_console.print(
             f"Pareto front: {len(front)} trial(s); see them with: sweeper study best {name}", highlight=False
@@ -278,7 +288,7 @@ def run_cmd(
         return
     best = max((r for r in rows if r["state"] == Outcome.COMPLETE.value), key=_row_value, default=None)
     if json_:
-        print_json({"study": name, "trials": rows, "best": best, "plots": plots})
+        print_json({"study": name, "trials": rows, "best": best, "plots": plots, **extra})
         return
     if best:
         err_console.print(
@@ -319,16 +329,7 @@ def _run_workers(ctx: StudyContext, plan: list[Any], *, timeout: float | None, j
     with view:
         result = run_workers(opts, plan, timeout=timeout, refresh=refresh)
     plots = _finish(ctx)
-    if json_:
-        print_json(
-            {
-                "study": opts.name,
-                "trials": trial_rows(ctx.study),
-                "workers": len(plan),
-                "failed_workers": result.failed,
-                "plots": plots,
-            }
-        )
+    _report(ctx, ctx.study, plots, json_=json_, workers=len(plan), failed_workers=result.failed)
     result.check()
 
 
@@ -384,7 +385,9 @@ def list_cmd(storage: StorageOpt = None, json_: JsonOpt = False) -> None:
     for col in ("name", "trials", "best value", "best trial", "started"):
         table.add_column(col)
     for s in studies:
-        table.add_row(s["name"], str(s["trials"]), pct(s["best_value"]), str(s["best_trial"] or ""), s["started"] or "")
+        best = pct(s["best_value"]) if "pareto_trials" not in s else f"front of {s['pareto_trials']}"
+        number = "" if s["best_trial"] is None else str(s["best_trial"])
+        table.add_row(s["name"], str(s["trials"]), best, number, s["started"] or "")
     Console().print(table)
 
 
@@ -465,7 +468,7 @@ def best(
 
 def _pareto(study: Any, *, min_accuracy: float | None, export: Path | None, json_: bool) -> None:
     """The front of a multi-objective study as a table (or JSON), or the cheapest trial reaching an accuracy."""
-    from sweeper.study import cheapest_reaching, pareto_rows, study_objective
+    from sweeper.study import cheapest_reaching, pareto_row, pareto_rows, study_objective
 
     objective = Objective(study_objective(study))
     if min_accuracy is None:
@@ -473,24 +476,20 @@ def _pareto(study: Any, *, min_accuracy: float | None, export: Path | None, json
             raise UserError("a multi-objective study has no single best trial: give --min-accuracy A to pick one")
         front = pareto_rows(study, objective)
         if json_:
-            print_json({"study": study.study_name, "objectives": objective.names, "pareto": front})
+            print_json({"study": study.study_name, "objectives": objective.keys, "pareto": front})
             return
         table = Table(title=f"Pareto front of {study.study_name}: {objective.split} accuracy against {objective.cost}")
-        for column in ("#", *objective.names, "epochs", "lr"):
-            table.add_column(column, justify="right")
+        epochs_column = objective.cost != "epochs"  # else the cost is the epochs already
+        for column in ("#", *objective.names, *(["epochs"] if epochs_column else []), "lr"):
+            table.add_column(column, justify="right", no_wrap=True)
         for row in front:
             accuracy, cost = row["values"].values()
-            table.add_row(str(row["number"]), pct(accuracy), f"{cost:.4g}", fmt(row["epochs"]), fmt(row["lr"], ".3g"))
+            epochs = [fmt(row["epochs"])] if epochs_column else []
+            table.add_row(str(row["number"]), pct(accuracy), f"{cost:.4g}", *epochs, fmt(row["lr"], ".3g"))
         Console().print(table)
         return
     trial = cheapest_reaching(study, objective, min_accuracy)
-    payload = {
-        "number": trial.number,
-        "values": dict(zip(objective.names, trial.values, strict=True)),
-        "params": trial.params,
-        "lr": trial.user_attrs.get("lr"),
-        "mlflow_run_id": outcome.run_id(trial, study.user_attrs),
-    }
+    payload = pareto_row(trial, objective, study.user_attrs)
     if export is not None:
         export.parent.mkdir(parents=True, exist_ok=True)
         export.write_text(trial.user_attrs["config"])

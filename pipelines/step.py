@@ -1,0 +1,233 @@
+"""The training step: torch's SGD on an eager or compiled model (the default), or, with ``train.cuda_graph``,
+one function of device tensors replayed as a single CUDA graph.
+
+Why not torch's SGD inside the graph: it takes the LR as a tensor but the momentum only as a Python float, which a
+captured graph would freeze, and the recipe may cycle both. So the step reads the LR and the momentum of the
+current step from the precomputed curve, at a step index that lives on the device and advances inside the graph,
+and updates the weights with torch.optim.SGD's arithmetic (weight decay, momentum buffer, Nesterov) in foreach
+kernels, as SGD's own foreach path does. Normalisation, forward, loss, backward, update and the epoch's metric
+sums are all inside; the host only copies the next uint8 batch in and replays.
+
+On the CPU (no graphs) the same function runs step by step: that is what the equivalence test compares with the
+torch.optim.SGD loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from pipelines.config import Config
+from pipelines.schedules import ScheduleCurve
+
+log = logging.getLogger(__name__)
+
+WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's whole-network capture recipe)
+
+
+class CurveStep:
+    """normalize -> forward -> loss -> backward -> SGD -> metric sums, with LR and momentum indexed on the device."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        lrs: Sequence[float],
+        momenta: Sequence[float],
+        weight_decay: float,
+        nesterov: bool,
+        criterion: nn.Module,
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+    ) -> None:
+        self.module, self.criterion, self.normalize, self.device = module, criterion, normalize, device
+        self.weight_decay, self.nesterov = weight_decay, nesterov
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.momentum_buffers = [torch.zeros_like(p) for p in self.params]  # == torch's first-step clone
+        self.lrs = torch.tensor(list(lrs), dtype=torch.float32, device=device)
+        self.momenta = torch.tensor(list(momenta), dtype=torch.float32, device=device)
+        self.index = torch.zeros(1, dtype=torch.long, device=device)
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+
+    def set_lrs(self, lrs: Sequence[float]) -> None:
+        """Replace the planned LRs (plateau's cuts) in place: a captured graph reads the same memory."""
+        self.lrs.copy_(torch.tensor(list(lrs), dtype=torch.float32))
+
+    def take_sums(self) -> tuple[float, float]:
+        """The epoch's (summed loss, correct count), read in one host sync, and reset for the next epoch."""
+        loss_total, correct_total = torch.stack([self.loss_sum, self.correct.float()]).tolist()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        return loss_total, correct_total
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        lr = self.lrs.index_select(0, self.index)[0]  # a 0-d device read: no host sync, capturable
+        momentum = self.momenta.index_select(0, self.index)[0]
+        x = self.normalize(images)
+        # autocast's weight cache must be off under capture; bf16 on CUDA as in the eager loop, fp32 on the CPU
+        with torch.autocast(
+            device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda", cache_enabled=False
+        ):
+            logits = self.module(x)
+            loss = self.criterion(logits, labels)
+        grads = torch.autograd.grad(loss, self.params)
+        with torch.no_grad():
+            update = list(grads)
+            if self.weight_decay:
+                update = torch._foreach_add(update, self.params, alpha=self.weight_decay)
+            torch._foreach_mul_(self.momentum_buffers, momentum)
+            torch._foreach_add_(self.momentum_buffers, update)
+            if self.nesterov:
+                update = torch._foreach_add(update, torch._foreach_mul(self.momentum_buffers, momentum))
+            else:
+                update = self.momentum_buffers
+            torch._foreach_add_(self.params, torch._foreach_mul(update, -lr))
+            self.loss_sum += loss.detach().float() * labels.shape[0]
+            self.correct += (logits.argmax(1) == labels).sum()
+            self.index += 1
+
+
+class TrainStep:
+    """The training step: torch's SGD with the LR written as a float (eager or compiled model), or the
+    :class:`~pipelines.step.CurveStep`, captured as one CUDA graph on CUDA (``train.cuda_graph``)."""
+
+    def __init__(
+        self,
+        config: Config,
+        model: nn.Module,
+        runner: nn.Module,
+        criterion: nn.Module,
+        curve: ScheduleCurve,
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+    ) -> None:
+        self.curve, self.normalize, self.device = curve, normalize, device
+        self.capture_seconds = 0.0
+        self.graph: GraphStep | None = None
+        self.curve_step: CurveStep | None = None
+        if config.train.cuda_graph:
+            self.curve_step = CurveStep(
+                model,
+                lrs=curve.lrs,
+                momenta=curve.momenta,
+                weight_decay=config.optim.weight_decay,
+                nesterov=config.optim.nesterov,
+                criterion=criterion,
+                normalize=normalize,
+                device=device,
+            )
+            if device.type != "cuda":
+                log.info("train.cuda_graph without CUDA: the step runs uncaptured")
+            return
+        self.runner, self.criterion = runner, criterion
+        self.optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=curve.lrs[0],
+            momentum=curve.momenta[0],
+            nesterov=config.optim.nesterov,
+            weight_decay=config.optim.weight_decay,
+            fused=device.type == "cuda",  # one kernel for the whole update
+        )
+        self.group = self.optimizer.param_groups[0]
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int, lr: float) -> None:
+        if self.curve_step is not None:
+            if self.device.type == "cuda":
+                if self.graph is None:
+                    self.graph = GraphStep(self.curve_step, images, labels)
+                    self.capture_seconds = self.graph.capture_seconds
+                self.graph(images, labels)
+            else:
+                self.curve_step(images, labels)
+            return
+        self.group["lr"] = lr  # a float the optimizer reads: no scheduler in the loop
+        if self.curve.cycles_momentum:
+            self.group["momentum"] = self.curve.momenta[step]
+        x = self.normalize(images)
+        with autocast(self.device):
+            logits = self.runner(x)
+            loss = self.criterion(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        # Summed on the device: read once at epoch end, so no step waits for the GPU.
+        self.loss_sum += loss.detach().float() * labels.shape[0]
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+
+    def set_lrs(self, lrs: list[float]) -> None:
+        if self.curve_step is not None:
+            self.curve_step.set_lrs(lrs)
+
+    def take_sums(self) -> tuple[float, float]:
+        if self.curve_step is not None:
+            return self.curve_step.take_sums()
+        loss_total, correct_total = torch.stack([self.loss_sum, self.correct.float()]).tolist()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        return loss_total, correct_total
+
+
+class GraphStep:
+    """A :class:`CurveStep` captured once as a CUDA graph; calling it copies the batch in and replays.
+
+    ``capture_seconds``: the warm-up steps and the capture, paid once per run.
+    """
+
+    def __init__(self, step: CurveStep, images: torch.Tensor, labels: torch.Tensor) -> None:
+        started = time.perf_counter()
+        self.step = step
+        self.images, self.labels = images.clone(), labels.clone()
+        saved = _snapshot(step)  # the warm-up steps train: undo them after
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                step(self.images, self.labels)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):  # recorded, not run
+            step(self.images, self.labels)
+        _restore(step, saved)
+        torch.cuda.synchronize()
+        self.capture_seconds = time.perf_counter() - started
+        log.info("captured the training step in %.2f s", self.capture_seconds)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images.copy_(images, non_blocking=True)
+        self.labels.copy_(labels, non_blocking=True)
+        self.graph.replay()
+
+
+def _snapshot(step: CurveStep) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in _state(step)]
+
+
+def _restore(step: CurveStep, saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for tensor, value in zip(_state(step), saved, strict=True):
+            tensor.copy_(value)
+
+
+def _state(step: CurveStep) -> list[torch.Tensor]:
+    """Everything a step writes: weights, BN statistics, momentum buffers, the index, the sums."""
+    return [
+        *step.params,
+        *step.module.buffers(),
+        *step.momentum_buffers,
+        step.index,
+        step.loss_sum,
+        step.correct,
+    ]
+
+
+def autocast(device: torch.device) -> torch.autocast:
+    """The autocast context of the forward pass on ``device``."""
+    # bf16 on CUDA: tensor-core speed without loss scaling; CPU stays fp32 (bf16 is slower on most CPUs).
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
