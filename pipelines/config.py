@@ -257,6 +257,11 @@ class Config:
             f"schedule.peak_epoch must be <= train.epochs ({epochs}), got {peak}",
         )
         _require(
+            not (self.train.cuda_graph and sched.cycle_momentum and sched.min_momentum == 0),
+            "train.cuda_graph needs schedule.min_momentum > 0 when the momentum cycles (torch's SGD skips the "
+            "momentum buffer at exactly 0, which the captured step does not copy)",
+        )
+        _require(
             sched.warmup_epochs < epochs,
             f"schedule.warmup_epochs must be shorter than the run (train.epochs = {epochs}), got {sched.warmup_epochs}",
         )

@@ -70,6 +70,7 @@ class RunCache:
         self.compile_on_cuda = compile_on_cuda
         self._model_key: tuple | None = None
         self._model: Model | None = None
+        self._warmed: set[tuple] = set()  # (batch, eval batch, image size) the compiled model has seen
         self._data_key: tuple | None = None
         self._data: DeviceData | None = None
         self._splits: Splits | None = None  # held so the id in the key cannot be reused by another object
@@ -84,20 +85,23 @@ class RunCache:
         """The model for ``config``, re-initialised from train.seed; built (and compiled, warmed up) when new."""
         compile_ = self.compiles(config, device) and not config.train.cuda_graph  # the graph runs the eager module
         key = (config.model.width, num_classes, str(device), compile_)
-        fresh = key != self._model_key
-        if fresh:  # keep one: a space that searches model.width must not pile models on the GPU
+        if key != self._model_key:  # keep one: a space that searches model.width must not pile models on the GPU
             self._model = self._model_key = None
+            self._warmed.clear()
             module = build_model(config.model, num_classes=num_classes).to(device)
             if device.type == "cuda":
                 module = module.to(memory_format=torch.channels_last)  # NHWC convs are faster on tensor cores
             runner = torch.compile(module) if compile_ else module
-            seconds = _warm_up(module, runner, config, device, image_size) if compile_ else 0.0
-            self._model, self._model_key = Model(module, runner, compile_, seconds), key
+            self._model, self._model_key = Model(module, runner, compile_), key
         assert self._model is not None
-        reset_parameters(self._model.module, seed=config.train.seed)  # BN running statistics included
-        if not fresh:
-            return Model(self._model.module, self._model.runner, self._model.compiled)
-        return self._model
+        module, runner = self._model.module, self._model.runner
+        seconds = 0.0
+        shapes = (config.train.batch_size, config.train.eval_batch_size, tuple(image_size))
+        if compile_ and shapes not in self._warmed:  # new shapes (a searched batch size): compiled now, timed
+            seconds = _warm_up(module, runner, config, device, image_size)
+            self._warmed.add(shapes)
+        reset_parameters(module, seed=config.train.seed)  # BN running statistics included
+        return Model(module, runner, compile_, seconds)
 
     def data(self, config: Config, splits: Splits, device: torch.device, *, train_on_device: bool) -> DeviceData:
         """``splits`` on ``device``, uploaded once for as long as runs pass the same splits object."""

@@ -181,6 +181,7 @@ class GraphStep:
     """
 
     def __init__(self, step: CurveStep, images: torch.Tensor, labels: torch.Tensor) -> None:
+        torch.cuda.synchronize()  # the epoch's queued augmentation is not capture time
         started = time.perf_counter()
         self.step = step
         self.images, self.labels = images.clone(), labels.clone()
@@ -192,7 +193,9 @@ class GraphStep:
                 step(self.images, self.labels)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):  # recorded, not run
+        # recorded, not run; thread_local: a DataLoader's pin-memory thread may call CUDA meanwhile, which the
+        # default ("global") mode would count as an error in the capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             step(self.images, self.labels)
         _restore(step, saved)
         torch.cuda.synchronize()

@@ -147,6 +147,8 @@ def run(
 
         t1 = _now(device)
         val_due, test_due = _due(config, epoch, has_val=feeder.val is not None)
+        if not math.isfinite(train_loss):  # the run ends here: its last epoch has both, as every last epoch
+            val_due, test_due = feeder.val is not None, True
         test = evaluate(feeder.test, keep_predictions=True) if test_due else None
         if test is not None:
             test_predictions = test.predictions
@@ -175,7 +177,7 @@ def run(
         if stop:
             status, reason = "stopped", stop
             break
-        watched = val if val is not None else test
+        watched = val if feeder.val is not None else test  # one split throughout: the validation one if held out
         if plateau is not None and watched is not None and step >= curve.warmup_steps:  # cuts start after warm-up
             new_scale = plateau.step(watched.loss)
             if new_scale != scale:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.errors import UserError
+from pipelines.errors import UserError, one_line
 from sweeper.overrides import positive_int
 from sweeper.storage import resolve_storage_url
 from sweeper.study import StudyOptions
@@ -73,10 +73,16 @@ def visible_gpus() -> list[str]:
 
 
 def gpu_names(gpus: list[str]) -> list[str]:
-    """The model names of ``gpus`` (visible_gpus() entries), e.g. "NVIDIA H200"."""
-    import torch
-
-    return [torch.cuda.get_device_name(i) for i in range(len(gpus))]
+    """The model names of ``gpus`` (visible_gpus() entries), e.g. "NVIDIA H200"; asked in a child process, so
+    this one holds no CUDA context (and no GPU memory) while its workers train."""
+    code = "import torch; print('\\n'.join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("could not read the GPU models (%s): one worker per GPU", one_line(err))
+        return [""] * len(gpus)
+    names = out.stdout.strip().splitlines()
+    return (names + [""] * len(gpus))[: len(gpus)]
 
 
 def workers_per_gpu(name: str) -> int:
@@ -85,15 +91,17 @@ def workers_per_gpu(name: str) -> int:
 
 
 def auto_devices(visible: list[str], names: list[str], *, n_trials: int, sqlite: bool) -> list[str | None]:
-    """`--workers auto`: workers_per_gpu() workers on each visible GPU (one on SQLite, which cannot take several),
-    never more workers than trials; one worker on the CPU."""
+    """`--workers auto`: workers_per_gpu() workers on each visible GPU, never more workers than trials; one worker
+    on the CPU, and one in all on SQLite (which cannot take several)."""
     if not visible:
         return [None]
-    per_gpu = [1 if sqlite else workers_per_gpu(name) for name in names]
-    if sqlite and any(workers_per_gpu(name) > 1 for name in names):
-        log.info("--workers auto: one worker per GPU on SQLite; a server database lets several share each GPU")
+    if sqlite:
+        if len(visible) > 1 or any(workers_per_gpu(name) > 1 for name in names):
+            log.info("--workers auto: one worker on SQLite; a server database lets several share the GPUs")
+        return [visible[0]]
+    per_gpu = [workers_per_gpu(name) for name in names]
     devices = [gpu for count in range(max(per_gpu)) for gpu, k in zip(visible, per_gpu, strict=True) if count < k]
-    return devices[: max(n_trials, len(visible))]  # an extra worker with no trial to run would only compile
+    return devices[: max(1, n_trials)]  # a worker with no trial to run would only compile
 
 
 def plan_workers(*, workers: str | None, gpus: str | None, n_trials: int, storage: str | None) -> list[WorkerPlan]:

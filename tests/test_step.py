@@ -12,6 +12,7 @@ import torch
 from pipelines import reuse
 from pipelines.config import Config
 from pipelines.data import Splits, load_splits
+from pipelines.errors import UserError
 from pipelines.reuse import RunCache
 from pipelines.step import CurveStep
 from pipelines.train import _evaluate, run
@@ -88,6 +89,21 @@ def test_eval_every_and_test_every_choose_the_epochs_evaluated(image_folder, spl
     assert (tmp_path / "out" / "plots" / "curves.png").is_file()
 
 
+def test_a_run_that_diverges_between_evaluations_still_ends_with_both(image_folder, splits, tmp_path):
+    cfg = tiny(image_folder, tmp_path / "out", **{"data.val_size": 30, "optim.lr": 1e6, "train.eval_every": 5})
+    result = run(cfg, splits=splits, write_outputs=False)
+    assert result.status == "diverged" and len(result.history) < cfg.train.epochs
+    last = result.history[-1]
+    assert last.val_accuracy is not None and last.test_accuracy is not None  # what the range test reads
+
+
+def test_the_captured_step_refuses_a_momentum_that_cycles_to_zero():
+    with pytest.raises(UserError, match="min_momentum > 0"):
+        Config().with_overrides(
+            {"train.cuda_graph": True, "schedule.cycle_momentum": True, "schedule.min_momentum": 0.0}
+        )
+
+
 def test_a_study_trial_evaluates_the_test_set_once_at_the_end():
     config = Config().with_overrides({"data.val_size": 500, "train.epochs": 12})
     assert trial_config(config, Objective("val")).train.test_every == 12
@@ -152,6 +168,8 @@ def test_compile_is_the_default_on_cuda_where_runs_share_it():
         (["NVIDIA H200"], True, 10, ["0"]),  # SQLite cannot take several workers
         (["NVIDIA H200"], False, 2, ["0", "0"]),  # no worker without a trial
         (["NVIDIA H200", "NVIDIA A10G"], False, 10, ["0", "1", "0", "0", "0"]),  # unmeasured models get one
+        (["NVIDIA A10G", "NVIDIA A10G"], True, 10, ["0"]),  # SQLite: one in all
+        (["NVIDIA A10G", "NVIDIA A10G"], False, 1, ["0"]),  # one trial: one worker
     ],
 )
 def test_workers_auto_follows_the_measured_table(names, sqlite, n_trials, expected):
