@@ -212,7 +212,7 @@ def forward_flop_counted(config: Config, num_classes: int) -> int:
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu {_cpu_model()}".strip()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu {cpu_model()}".strip()
     return {
         "type": device.type,
         "name": name,
@@ -229,7 +229,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
     }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

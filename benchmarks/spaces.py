@@ -40,6 +40,7 @@ import numpy as np
 import optuna
 import torch
 
+from benchmarks.bench import cpu_model
 from pipelines.config import Config
 from pipelines.data import load_splits
 from pipelines.errors import UserError
@@ -147,8 +148,9 @@ def format_table(table: dict[str, dict], trials: int) -> str:
             for k in ("N/4", "N/2", "N")
         ]
         needed = row["trials_to_within_0.5pt"]
+        per_seed = ",".join("never" if n is None else str(n) for n in needed["per_seed"])
         mean = f"{needed['mean']:.1f}" if needed["mean"] is not None else "-"
-        needed_cell = f"{mean} {needed['per_seed']}"
+        needed_cell = f"{mean} [{per_seed}]"
         lines.append(
             f"{name:<8} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {needed_cell:>17} {row['rejected_draws']:>9}"
         )
@@ -194,11 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(search(space, config, splits, seed=seed, trials=args.trials, cache=cache))
     table = summarize(runs, args.trials)
     stamp = datetime.datetime.now(datetime.UTC)
-    device = (
-        torch.cuda.get_device_name()
-        if torch.cuda.is_available() and args.device != "cpu"
-        else platform.processor() or "cpu"
-    )
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else cpu_model()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     name = f"spaces-{stamp:%Y%m%dT%H%M%SZ}"
     title = f"reparam vs plain, N {args.trials}, K {args.seeds}, {args.epochs} epochs, width {args.width:g}"

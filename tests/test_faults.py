@@ -168,7 +168,8 @@ def test_mlflow_outage_mid_study_is_spooled_and_synced(image_folder, tmp_path):
         assert sorted(int(r.data.tags["sweeper.trial_number"]) for r in children) == [0, 1, 2]
         for run in children:
             assert run.info.status == "FINISHED" and run.data.tags["sweeper.state"] == "complete"
-            assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == 3
+            assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 3  # every epoch, synced
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [3]  # at the end
             names = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
             assert names == {"plots/lr_schedule.png", "plots/curves.png", "plots/misclassified.png"}
         shown = CliRunner().invoke(app, ["study", "show", "outage", "--storage", storage, "--json"])
