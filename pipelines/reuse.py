@@ -8,6 +8,7 @@ the same data.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -112,12 +113,8 @@ class RunCache:
             self._data_key, self._splits = key, splits
         assert self._data is not None
         if train_on_device and self._data.train is None:
-            self._data = DeviceData(
-                test=self._data.test,
-                val=self._data.val,
-                train=DeviceSet(splits.train.images, splits.train.labels, device),
-                scale=self._data.scale,
-                shift=self._data.shift,
+            self._data = dataclasses.replace(
+                self._data, train=DeviceSet(splits.train.images, splits.train.labels, device)
             )
         return self._data
 

@@ -29,8 +29,78 @@ log = logging.getLogger(__name__)
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's whole-network capture recipe)
 
 
-class CurveStep:
-    """normalize -> forward -> loss -> backward -> SGD -> metric sums, with LR and momentum indexed on the device."""
+class _Summing:
+    """The epoch's summed loss and correct count, kept on the device and read once at its end."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+
+    def _add_sums(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.loss_sum += loss.detach().float() * labels.shape[0]
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+
+    def take_sums(self) -> tuple[float, float]:
+        """(summed loss, correct count) in one host sync; reset for the next epoch."""
+        loss_total, correct_total = torch.stack([self.loss_sum, self.correct.float()]).tolist()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        return loss_total, correct_total
+
+
+class TorchStep(_Summing):
+    """torch's SGD (fused on CUDA) on the eager or compiled model, the LR (and a cycled momentum) written into its
+    param group as floats before each step."""
+
+    capture_seconds = 0.0
+
+    def __init__(
+        self,
+        config: Config,
+        model: nn.Module,
+        runner: nn.Module,
+        criterion: nn.Module,
+        curve: ScheduleCurve,
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+    ) -> None:
+        super().__init__(device)
+        self.runner, self.criterion, self.normalize, self.device = runner, criterion, normalize, device
+        self.lrs = list(curve.lrs)
+        self.momenta = curve.momenta if curve.cycles_momentum else None  # decided once, not per step
+        self.optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=curve.lrs[0],
+            momentum=curve.momenta[0],
+            nesterov=config.optim.nesterov,
+            weight_decay=config.optim.weight_decay,
+            fused=device.type == "cuda",  # one kernel for the whole update
+        )
+        self.group = self.optimizer.param_groups[0]
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        self.group["lr"] = self.lrs[step]  # a float the optimizer reads: no scheduler in the loop
+        if self.momenta is not None:
+            self.group["momentum"] = self.momenta[step]
+        with autocast(self.device):
+            logits = self.runner(self.normalize(images))
+            loss = self.criterion(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self._add_sums(loss, logits, labels)  # on the device: no step waits for the GPU
+
+    def set_lrs(self, lrs: Sequence[float]) -> None:
+        self.lrs = list(lrs)
+
+
+class CurveStep(_Summing):
+    """normalize -> forward -> loss -> backward -> SGD -> metric sums, with LR and momentum indexed on the device.
+
+    Called with the step number for TorchStep's interface; it ignores it: its own index lives on the device.
+    """
+
+    capture_seconds = 0.0
 
     def __init__(
         self,
@@ -44,6 +114,7 @@ class CurveStep:
         normalize: Callable[[torch.Tensor], torch.Tensor],
         device: torch.device,
     ) -> None:
+        super().__init__(device)
         self.module, self.criterion, self.normalize, self.device = module, criterion, normalize, device
         self.weight_decay, self.nesterov = weight_decay, nesterov
         self.params = [p for p in module.parameters() if p.requires_grad]
@@ -51,21 +122,12 @@ class CurveStep:
         self.lrs = torch.tensor(list(lrs), dtype=torch.float32, device=device)
         self.momenta = torch.tensor(list(momenta), dtype=torch.float32, device=device)
         self.index = torch.zeros(1, dtype=torch.long, device=device)
-        self.loss_sum = torch.zeros((), device=device)
-        self.correct = torch.zeros((), dtype=torch.long, device=device)
 
     def set_lrs(self, lrs: Sequence[float]) -> None:
         """Replace the planned LRs (plateau's cuts) in place: a captured graph reads the same memory."""
         self.lrs.copy_(torch.tensor(list(lrs), dtype=torch.float32))
 
-    def take_sums(self) -> tuple[float, float]:
-        """The epoch's (summed loss, correct count), read in one host sync, and reset for the next epoch."""
-        loss_total, correct_total = torch.stack([self.loss_sum, self.correct.float()]).tolist()
-        self.loss_sum.zero_()
-        self.correct.zero_()
-        return loss_total, correct_total
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int | None = None) -> None:
         lr = self.lrs.index_select(0, self.index)[0]  # a 0-d device read: no host sync, capturable
         momentum = self.momenta.index_select(0, self.index)[0]
         x = self.normalize(images)
@@ -87,103 +149,36 @@ class CurveStep:
             else:
                 update = self.momentum_buffers
             torch._foreach_add_(self.params, torch._foreach_mul(update, -lr))
-            self.loss_sum += loss.detach().float() * labels.shape[0]
-            self.correct += (logits.argmax(1) == labels).sum()
+            self._add_sums(loss, logits, labels)
             self.index += 1
 
 
-class TrainStep:
-    """The training step: torch's SGD with the LR written as a float (eager or compiled model), or the
-    :class:`~pipelines.step.CurveStep`, captured as one CUDA graph on CUDA (``train.cuda_graph``)."""
+class GraphStep:
+    """A :class:`CurveStep` captured as one CUDA graph at its first call; each call copies the batch in and
+    replays. ``capture_seconds``: the warm-up steps and the capture, paid once per run."""
 
-    def __init__(
-        self,
-        config: Config,
-        model: nn.Module,
-        runner: nn.Module,
-        criterion: nn.Module,
-        curve: ScheduleCurve,
-        normalize: Callable[[torch.Tensor], torch.Tensor],
-        device: torch.device,
-    ) -> None:
-        self.curve, self.normalize, self.device = curve, normalize, device
+    def __init__(self, step: CurveStep) -> None:
+        self.step = step
+        self.graph: torch.cuda.CUDAGraph | None = None
         self.capture_seconds = 0.0
-        self.graph: GraphStep | None = None
-        self.curve_step: CurveStep | None = None
-        if config.train.cuda_graph:
-            self.curve_step = CurveStep(
-                model,
-                lrs=curve.lrs,
-                momenta=curve.momenta,
-                weight_decay=config.optim.weight_decay,
-                nesterov=config.optim.nesterov,
-                criterion=criterion,
-                normalize=normalize,
-                device=device,
-            )
-            if device.type != "cuda":
-                log.info("train.cuda_graph without CUDA: the step runs uncaptured")
-            return
-        self.runner, self.criterion = runner, criterion
-        self.optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=curve.lrs[0],
-            momentum=curve.momenta[0],
-            nesterov=config.optim.nesterov,
-            weight_decay=config.optim.weight_decay,
-            fused=device.type == "cuda",  # one kernel for the whole update
-        )
-        self.group = self.optimizer.param_groups[0]
-        self.loss_sum = torch.zeros((), device=device)
-        self.correct = torch.zeros((), device=device, dtype=torch.long)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int, lr: float) -> None:
-        if self.curve_step is not None:
-            if self.device.type == "cuda":
-                if self.graph is None:
-                    self.graph = GraphStep(self.curve_step, images, labels)
-                    self.capture_seconds = self.graph.capture_seconds
-                self.graph(images, labels)
-            else:
-                self.curve_step(images, labels)
-            return
-        self.group["lr"] = lr  # a float the optimizer reads: no scheduler in the loop
-        if self.curve.cycles_momentum:
-            self.group["momentum"] = self.curve.momenta[step]
-        x = self.normalize(images)
-        with autocast(self.device):
-            logits = self.runner(x)
-            loss = self.criterion(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        # Summed on the device: read once at epoch end, so no step waits for the GPU.
-        self.loss_sum += loss.detach().float() * labels.shape[0]
-        self.correct += (logits.detach().argmax(1) == labels).sum()
-
-    def set_lrs(self, lrs: list[float]) -> None:
-        if self.curve_step is not None:
-            self.curve_step.set_lrs(lrs)
+    def set_lrs(self, lrs: Sequence[float]) -> None:
+        self.step.set_lrs(lrs)
 
     def take_sums(self) -> tuple[float, float]:
-        if self.curve_step is not None:
-            return self.curve_step.take_sums()
-        loss_total, correct_total = torch.stack([self.loss_sum, self.correct.float()]).tolist()
-        self.loss_sum.zero_()
-        self.correct.zero_()
-        return loss_total, correct_total
+        return self.step.take_sums()
 
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int | None = None) -> None:
+        if self.graph is None:
+            self._capture(images, labels)
+        self.images.copy_(images, non_blocking=True)
+        self.labels.copy_(labels, non_blocking=True)
+        self.graph.replay()
 
-class GraphStep:
-    """A :class:`CurveStep` captured once as a CUDA graph; calling it copies the batch in and replays.
-
-    ``capture_seconds``: the warm-up steps and the capture, paid once per run.
-    """
-
-    def __init__(self, step: CurveStep, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         torch.cuda.synchronize()  # the epoch's queued augmentation is not capture time
         started = time.perf_counter()
-        self.step = step
+        step = self.step
         self.images, self.labels = images.clone(), labels.clone()
         saved = _snapshot(step)  # the warm-up steps train: undo them after
         side = torch.cuda.Stream()
@@ -202,10 +197,36 @@ class GraphStep:
         self.capture_seconds = time.perf_counter() - started
         log.info("captured the training step in %.2f s", self.capture_seconds)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images.copy_(images, non_blocking=True)
-        self.labels.copy_(labels, non_blocking=True)
-        self.graph.replay()
+
+TrainStep = TorchStep | CurveStep | GraphStep
+
+
+def train_step(
+    config: Config,
+    model: nn.Module,
+    runner: nn.Module,
+    criterion: nn.Module,
+    curve: ScheduleCurve,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+) -> TrainStep:
+    """The step ``config`` asks for: torch's SGD, or (train.cuda_graph) the curve-fed step, captured on CUDA."""
+    if not config.train.cuda_graph:
+        return TorchStep(config, model, runner, criterion, curve, normalize, device)
+    step = CurveStep(
+        model,
+        lrs=curve.lrs,
+        momenta=curve.momenta,
+        weight_decay=config.optim.weight_decay,
+        nesterov=config.optim.nesterov,
+        criterion=criterion,
+        normalize=normalize,
+        device=device,
+    )
+    if device.type != "cuda":
+        log.info("train.cuda_graph without CUDA: the step runs uncaptured")
+        return step
+    return GraphStep(step)
 
 
 def _snapshot(step: CurveStep) -> list[torch.Tensor]:

@@ -35,7 +35,7 @@ from pipelines.paths import check_writable
 from pipelines.result import Result
 from pipelines.reuse import DeviceSet, RunCache
 from pipelines.schedules import Plateau, schedule_curve
-from pipelines.step import TrainStep, autocast
+from pipelines.step import autocast, train_step
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def run(
     lrs = list(curve.lrs)  # the LRs used: the plan, times plateau's cuts from where they were made
     criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
     feeder = Feeder(config, splits, device, cache)
-    train_step = TrainStep(config, model, runner, criterion, curve, feeder.normalize, device)
+    step_fn = train_step(config, model, runner, criterion, curve, feeder.normalize, device)
     cb.on_start(total_steps=total_steps, steps_per_epoch=steps_per_epoch, lrs=() if curve.adaptive else curve.lrs)
 
     history: list[EpochMetrics] = []
@@ -133,22 +133,21 @@ def run(
     for epoch in range(1, config.train.epochs + 1):
         model.train()
         t0 = _now(device)
-        captured = train_step.capture_seconds
+        captured = step_fn.capture_seconds
         seen = 0
         for x, y in feeder.raw_epoch():
-            train_step(x, y, step, lrs[step])
+            step_fn(x, y, step)
             seen += y.shape[0]
             cb.on_step(step, lrs[step])
             step += 1
-        loss_total, correct_total = train_step.take_sums()  # the epoch's one host sync
+        loss_total, correct_total = step_fn.take_sums()  # the epoch's one host sync
         train_loss = loss_total / max(seen, 1)
-        epoch_seconds = _now(device) - t0 - (train_step.capture_seconds - captured)  # the capture is compile time
+        epoch_seconds = _now(device) - t0 - (step_fn.capture_seconds - captured)  # the capture is compile time
         train_seconds += epoch_seconds
 
         t1 = _now(device)
-        val_due, test_due = _due(config, epoch, has_val=feeder.val is not None)
-        if not math.isfinite(train_loss):  # the run ends here: its last epoch has both, as every last epoch
-            val_due, test_due = feeder.val is not None, True
+        # a diverged epoch ends the run: it is evaluated as every last epoch is
+        val_due, test_due = _due(config, epoch, has_val=feeder.val is not None, ends=not math.isfinite(train_loss))
         test = evaluate(feeder.test, keep_predictions=True) if test_due else None
         if test is not None:
             test_predictions = test.predictions
@@ -183,7 +182,7 @@ def run(
             if new_scale != scale:
                 scale = new_scale
                 lrs[step:] = [lr * scale for lr in curve.lrs[step:]]
-                train_step.set_lrs(lrs)
+                step_fn.set_lrs(lrs)
 
     result = Result(
         status=status,
@@ -193,7 +192,7 @@ def run(
         steps_per_epoch=steps_per_epoch,
         seconds=train_seconds,
         eval_seconds=eval_seconds,
-        compile_seconds=built.compile_seconds + train_step.capture_seconds,
+        compile_seconds=built.compile_seconds + step_fn.capture_seconds,
         total_seconds=0.0,
         params=count_parameters(model),
         device=_device_name(device),
@@ -208,9 +207,10 @@ def run(
     return dataclasses.replace(result, artifacts=artifacts, total_seconds=time.perf_counter() - started)
 
 
-def _due(config: Config, epoch: int, *, has_val: bool) -> tuple[bool, bool]:
-    """(validation due, test due) after ``epoch``: every eval_every (test_every) epochs and always at the last."""
-    last = epoch == config.train.epochs
+def _due(config: Config, epoch: int, *, has_val: bool, ends: bool = False) -> tuple[bool, bool]:
+    """(validation due, test due) after ``epoch``: every eval_every (test_every) epochs and always at the last
+    (``ends``: the run ends after this epoch, as a diverged one does)."""
+    last = ends or epoch == config.train.epochs
     eval_every = config.train.eval_every
     test_every = config.train.test_every or eval_every
     return has_val and (last or epoch % eval_every == 0), last or epoch % test_every == 0

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 from pipelines.callbacks import EpochMetrics
 
 if TYPE_CHECKING:
-    from pipelines.config import Config
     from pipelines.result import Result
 
 
@@ -64,7 +63,7 @@ def objective_value(objective: Objective | str, metrics: EpochMetrics) -> float 
     return metrics.val_accuracy if Objective(objective).split == "val" else metrics.test_accuracy
 
 
-def objective_values(objective: Objective | str, result: Result, config: Config) -> float | list[float]:
+def objective_values(objective: Objective | str, result: Result) -> float | list[float]:
     """What a finished trial records: its accuracy, and for a multi-objective study its cost too (the training
     seconds, or the epochs it ran)."""
     objective = Objective(objective)

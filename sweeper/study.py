@@ -345,9 +345,10 @@ def cheapest_reaching(study: optuna.Study, objective: Objective, accuracy: float
     if not 0 <= accuracy <= 1:  # NaN fails this too
         hint = f"; for {accuracy:g} % write {accuracy / 100:g}" if 1 < accuracy <= 100 else ""
         raise UserError(f"--min-accuracy must be a fraction between 0 and 1, got {accuracy:g}{hint}")
-    reaching = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values[0] >= accuracy]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    reaching = [t for t in complete if t.values[0] >= accuracy]
     if not reaching:
-        best = max((t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), default=None)
+        best = max((t.values[0] for t in complete), default=None)
         seen = f"the best reached {best:.4g}" if best is not None else "no trial is complete"
         raise UserError(f"no trial of {study.study_name!r} reaches {objective.split} accuracy {accuracy:g} ({seen})")
     return min(reaching, key=_cost_then_accuracy)
@@ -379,7 +380,8 @@ def list_studies(storage_url: str | None) -> list[dict[str, Any]]:
     storage = make_storage(storage_url, heartbeat=False)
     out = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
-        best = s.best_trial if len(s.directions) == 1 else None
+        multi = len(s.directions) > 1
+        best = None if multi else s.best_trial
         row = {
             "name": s.study_name,
             "trials": s.n_trials,
@@ -387,7 +389,7 @@ def list_studies(storage_url: str | None) -> list[dict[str, Any]]:
             "best_trial": best.number if best else None,
             "started": s.datetime_start.isoformat() if s.datetime_start else None,
         }
-        if len(s.directions) > 1:  # no single best: the size of the Pareto front instead
+        if multi:  # no single best: the size of the Pareto front instead
             row["pareto_trials"] = len(optuna.load_study(study_name=s.study_name, storage=storage).best_trials)
         out.append(row)
     return out

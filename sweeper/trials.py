@@ -150,7 +150,7 @@ class TrialRunner:
         if ended is Outcome.PRUNED:
             trial.set_user_attr(REASON, result.reason or Outcome.PRUNED.value)
             raise optuna.TrialPruned(result.reason)
-        return objective_values(ctx.objective, result, config)
+        return objective_values(ctx.objective, result)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna calls this after the trial's state is in the storage: now end its MLflow run."""

@@ -110,6 +110,7 @@ def plan_workers(*, workers: str | None, gpus: str | None, n_trials: int, storag
     ``gpus``: "0,1,3" -> one worker per listed GPU. ``workers``: a number, or "auto" (on each visible GPU as many
     as WORKERS_PER_GPU found best for its model, else 1; one on the CPU).
     """
+    sqlite = is_sqlite(resolve_storage_url(storage))
     if gpus:
         devices = [g.strip() for g in gpus.split(",") if g.strip()]
         if not devices:
@@ -118,13 +119,12 @@ def plan_workers(*, workers: str | None, gpus: str | None, n_trials: int, storag
     else:
         visible = visible_gpus()
         if workers in (None, "auto"):
-            sqlite = is_sqlite(resolve_storage_url(storage))
             devices = auto_devices(visible, gpu_names(visible) if visible else [], n_trials=n_trials, sqlite=sqlite)
             count = len(devices)
         else:
             count = positive_int(workers, name="--workers", expected="a number or auto")
             devices = [visible[i % len(visible)] for i in range(count)] if visible else [None] * count
-    if count > 1 and is_sqlite(resolve_storage_url(storage)):
+    if count > 1 and sqlite:
         raise UserError(
             "several workers need a server database: SQLite locks and duplicates trials under concurrency; "
             "pass --storage postgresql+psycopg2://user:pass@host:5432/db (or set SWEEPER_STORAGE)"

@@ -15,13 +15,13 @@ from rich.live import Live
 from rich.table import Table
 
 from sweeper.cli._common import err_console
+from sweeper.objective import Objective
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
     from pipelines.callbacks import EpochMetrics
-    from sweeper.objective import Objective
     from sweeper.outcome import Outcome
     from sweeper.space import Param, Space
 
@@ -51,7 +51,7 @@ class LiveStudyView:
     ) -> None:
         self.name = name
         self.space = space
-        self.objective = str(getattr(objective, "value", objective))
+        self.objective = Objective(objective)
         self.console = console or err_console
         self.quiet = quiet
         self.rows: dict[int, dict[str, Any]] = {}
@@ -61,7 +61,7 @@ class LiveStudyView:
     def on_study(self, study: optuna.Study, *, space: Space, objective: Objective) -> None:
         from sweeper.study import trial_rows
 
-        self.space, self.objective = space, objective.value
+        self.space, self.objective = space, Objective(objective)
         self.show_rows(trial_rows(study))
 
     def on_trial_start(self, number: int, params: Mapping[str, Any], *, lr: float) -> None:
@@ -119,7 +119,7 @@ class LiveStudyView:
                 columns += [(DERIVED_LR, _param_cell(param)), (LABELS["optim.lr"], _lr)]
             else:
                 columns.append((LABELS.get(param.key, param.name), _param_cell(param)))
-        split, _, cost = self.objective.partition(",")
+        split, cost = self.objective.split, self.objective.cost
         columns.append((split, _value))
         if split != "test":
             columns.append(("test", _test))

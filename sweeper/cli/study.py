@@ -452,18 +452,25 @@ def best(
         "test_accuracy": trial.user_attrs.get("test_accuracy"),
         "mlflow_run_id": outcome.run_id(trial, study.user_attrs),
     }
-    if export is not None:
-        export.parent.mkdir(parents=True, exist_ok=True)
-        export.write_text(trial.user_attrs["config"])
-        payload["exported"] = str(export)
-    if json_:
-        print_json(payload)
+    if _export(trial, export, payload, json_=json_):
         return
     typer.echo(f"best trial {trial.number} of {name}: objective {100 * trial.value:.2f}%")
     for k, v in {**trial.params, "lr": payload["lr"]}.items():
         typer.echo(f"  {k} = {fmt(v)}")
     if export is not None:
         typer.echo(f"config written to {export}")
+
+
+def _export(trial: Any, export: Path | None, payload: dict[str, Any], *, json_: bool) -> bool:
+    """Write the trial's config to ``export`` (if given, noted in ``payload``); print ``payload`` as JSON when asked.
+    True when the JSON was the whole answer."""
+    if export is not None:
+        export.parent.mkdir(parents=True, exist_ok=True)
+        export.write_text(trial.user_attrs["config"])
+        payload["exported"] = str(export)
+    if json_:
+        print_json(payload)
+    return json_
 
 
 def _pareto(study: Any, *, min_accuracy: float | None, export: Path | None, json_: bool) -> None:
@@ -490,12 +497,7 @@ def _pareto(study: Any, *, min_accuracy: float | None, export: Path | None, json
         return
     trial = cheapest_reaching(study, objective, min_accuracy)
     payload = pareto_row(trial, objective, study.user_attrs)
-    if export is not None:
-        export.parent.mkdir(parents=True, exist_ok=True)
-        export.write_text(trial.user_attrs["config"])
-        payload["exported"] = str(export)
-    if json_:
-        print_json(payload)
+    if _export(trial, export, payload, json_=json_):
         return
     accuracy, cost = trial.values
     typer.echo(
