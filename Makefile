@@ -9,14 +9,14 @@ TRIALS ?= 3
 SMOKE_SET := data.train_limit=5000 data.test_limit=1000 data.val_size=1000 model.width=0.25 train.epochs=2 train.batch_size=128
 RUN_SET ?= $(if $(FULL),,$(SMOKE_SET))
 
-.PHONY: install run lint test test-fast bench ui
+.PHONY: install run lint test test-fast bench ui stack-test
 
 install:
 	$(PY) -m pip install -q -e '.[test]'
 
 run: install
 	sweeper study run $(STUDY) --data $(DATA) --n-trials $(TRIALS) $(if $(RUN_SET),--set $(RUN_SET))
-	@echo "see it with: mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)"
+	@echo "see its runs with: make ui STUDY=$(STUDY)  (it prints the link to the study's runs view)"
 
 lint: install
 	$(PY) -m ruff check .
@@ -31,5 +31,15 @@ test-fast: install
 bench: install
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
 
+# the runs view: MLflow 3 opens an experiment in its GenAI view unless the link asks for workflowType=machine_learning
 ui:
-	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	@id=$$(sweeper study show $(STUDY) --json 2>/dev/null | $(PY) -c "import json, sys; print(json.load(sys.stdin)['attrs']['mlflow_experiment_id'])" 2>/dev/null); \
+	if [ -n "$$id" ]; then echo "study $(STUDY)'s runs: http://127.0.0.1:5000/#/experiments/$$id/runs?workflowType=machine_learning"; \
+	else echo "no study $(STUDY) in sweeper.db: open the link 'sweeper study run' printed, or http://127.0.0.1:5000"; fi
+	MLFLOW_DISABLE_TELEMETRY=true NO_ALBUMENTATIONS_UPDATE=1 MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+		mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# The compose stack run for real and checked (docs/stack.md): root, a Docker engine (started if none runs),
+# the Compose v2 plugin and about 25 GB of disk; builds local base images when no registry answers.
+stack-test:
+	$(PY) scripts/stack_test.py $(STACK_ARGS)

@@ -1,25 +1,54 @@
-"""Serve Optuna Dashboard on 0.0.0.0:8080 for the storage URL in OPTUNA_STORAGE.
+"""Serve Optuna Dashboard on 0.0.0.0:8080 for the storage URL in OPTUNA_STORAGE, with gunicorn's threads.
 
-The entrypoint of docker/dashboard.Dockerfile. It reads the URL from the environment rather than
-taking it as an argument of `optuna-dashboard`, so the database password never shows in the
-process list of the host (`ps` there lists container processes with their arguments).
+The entrypoint of docker/dashboard.Dockerfile. optuna-dashboard's own ``run_server`` is wsgiref's
+single-threaded server: one slow request (a study's trials while workers write) holds up every other
+one, the healthcheck included. This runs its WSGI app (``optuna_dashboard.wsgi``) in gunicorn's
+threaded worker instead, as a custom application (gunicorn's documented ``BaseApplication``), so the
+configuration stays in this file. The URL comes from the environment, without a password (libpq reads
+PGPASSWORD, which docker/secrets-env.sh sets from a secret file), so no password shows in the process
+list or in the container's configuration.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import optuna_dashboard
+from gunicorn.app.base import BaseApplication
 
 PORT = 8080  # the container port docker-compose.yml publishes
+THREADS = 8  # requests served at once; one process, so one storage cache
+
+
+class DashboardServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
+    def __init__(self, storage: str) -> None:
+        self.storage = storage
+        super().__init__()
+
+    def load_config(self) -> None:
+        settings = {
+            "bind": f"0.0.0.0:{PORT}",
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": THREADS,
+            "timeout": 120,
+            "accesslog": None,
+            "errorlog": "-",
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return optuna_dashboard.wsgi(self.storage)
 
 
 def main() -> None:
     storage = os.environ.get("OPTUNA_STORAGE", "")
     if not storage:
         sys.exit("dashboard-serve: set OPTUNA_STORAGE to the Optuna storage URL")
-    optuna_dashboard.run_server(storage, host="0.0.0.0", port=PORT)
+    DashboardServer(storage).run()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 # Optuna Dashboard on the sweeper stack's PostgreSQL storage. Built by docker-compose.yml.
-# Build context: the repository root.
-FROM python:3.12.12-slim-bookworm
+# Build context: the repository root. PYTHON_BASE names another Debian-based Python image
+# (scripts/stack-test.sh passes a local stand-in where no registry is reachable).
+ARG PYTHON_BASE=python:3.12.12-slim-bookworm
+FROM ${PYTHON_BASE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -8,17 +10,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1
 
 # optuna 5.0.0 reads and writes the same RDB schema as every optuna since 3.2 (schema version 12),
-# so the dashboard works on a storage the workers' optuna (>=4.0) created.
-RUN pip install --no-cache-dir "optuna-dashboard==0.21.0" "optuna==5.0.0" "psycopg2-binary==2.9.13"
+# so the dashboard works on a storage the workers' optuna (>=4.0) created. gunicorn serves it with
+# threads: optuna-dashboard's own server (wsgiref) answers one request at a time.
+RUN pip install --no-cache-dir "optuna-dashboard==0.21.0" "optuna==5.0.0" "psycopg2-binary==2.9.13" "gunicorn==27.0.1"
 
 RUN groupadd --gid 10001 dashboard \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin dashboard
 
 COPY --chmod=0644 docker/dashboard-serve.py /usr/local/lib/dashboard-serve.py
+COPY --chmod=0755 docker/secrets-env.sh /usr/local/bin/secrets-env
 
 # dashboard; numeric, so a runtime that checks for "not root" (Kubernetes runAsNonRoot) can verify it.
 USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=6 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/api/meta', timeout=4)"]
-ENTRYPOINT ["python", "/usr/local/lib/dashboard-serve.py"]
+# secrets-env reads the database password from /run/secrets (docker-compose.yml) into PGPASSWORD.
+ENTRYPOINT ["secrets-env", "python", "/usr/local/lib/dashboard-serve.py"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # with artifacts in ./mlartifacts:
 DEFAULT_ARTIFACTS = "mlartifacts"
 ROLE = "sweeper.role"
 STUDY_TAG = "sweeper.study"
+HOST_TAG = "sweeper.host"
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 MLFLOW_STATUS = {
     Outcome.COMPLETE: "FINISHED",
@@ -153,6 +155,7 @@ class Tracker:
             ROLE: role,
             STUDY_TAG: study,
             "sweeper.trial_number": str(number),
+            HOST_TAG: socket.gethostname(),  # which machine (container) ran it, with many workers on a study
             **(tags or {}),
         }
         name = run_name or f"{study}-trial-{number}"

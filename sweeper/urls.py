@@ -3,11 +3,19 @@ console script prints), and SQLite paths made absolute."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 SQLITE_PREFIX = "sqlite:///"
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default (its --host and --port)
+# The UI's address for a browser where the tracking URI is not one (a container reaching `http://mlflow:5000`
+# by its service name): docker-compose.yml sets it to the published port.
+UI_ENV = "SWEEPER_MLFLOW_UI"
 
 
 # The password of a URL in free text (or of one missing the colon after its scheme): from the ":" after the user
@@ -49,6 +57,39 @@ def absolute_sqlite(url: str) -> str:
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
+
+
+@dataclass(frozen=True)
+class RunsLink:
+    """Where a person sees an experiment's runs: ``url`` in a browser, once ``serve`` (a shell command, None for
+    a server) has started the MLflow UI over a local store."""
+
+    url: str
+    serve: str | None = None
+
+
+def runs_view(experiment_id: str) -> str:
+    """The MLflow UI's fragment for an experiment's runs table. MLflow 3 opens an experiment in its GenAI view
+    (an empty Traces overview, runs under "Evaluations") unless the link asks for the machine-learning one."""
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def runs_link(tracking_uri: str, experiment_id: str) -> RunsLink | None:
+    """The experiment's runs view for a tracking URI: an http(s) URI is the UI itself (its user name and password
+    left out: the browser asks), or $SWEEPER_MLFLOW_UI where that is set; a local store (SQLite, a folder, a
+    database URL) is seen through `mlflow ui` at :data:`MLFLOW_UI`. None for a store no `mlflow ui` can open
+    (Databricks)."""
+    parts = urlsplit(tracking_uri)
+    browser_base = os.environ.get(UI_ENV, "").strip()
+    if browser_base and parts.scheme in ("http", "https"):
+        return RunsLink(f"{browser_base.rstrip('/')}/{runs_view(experiment_id)}")
+    if parts.scheme in ("http", "https"):
+        host = parts.netloc.rpartition("@")[2]
+        return RunsLink(f"{parts.scheme}://{host}{parts.path.rstrip('/')}/{runs_view(experiment_id)}")
+    if tracking_uri.startswith(("databricks", "uc:")):  # "databricks", "databricks://profile", "databricks-uc"
+        return None
+    serve = f"mlflow ui --backend-store-uri {shlex.quote(mask_url(tracking_uri))}"
+    return RunsLink(f"{MLFLOW_UI}/{runs_view(experiment_id)}", serve=serve)
 
 
 class MaskingStream:

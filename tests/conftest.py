@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from sweeper.cli import SERVER_ENV, no_phoning_home
+
+no_phoning_home(os.environ)  # as the console script does: no telemetry or update check from the tests' imports
 
 CLASSES = ("circle", "cross", "square")
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.xz"
@@ -71,8 +82,6 @@ PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"  # trust aut
 
 def wait_for(predicate, timeout: float, what: str) -> None:
     """Poll ``predicate`` every 0.3 s until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -120,8 +129,6 @@ def drop_database(url: str) -> None:
 
 
 def _in_ci() -> bool:
-    import os
-
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -159,48 +166,44 @@ class MlflowServer:
         self.proc = None
 
     def start(self, timeout: float = 90.0) -> None:
-        import os
-        import subprocess
         import sys
-        import time
         import urllib.request
 
         (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
-        log = open(self.root / "mlflow-server.log", "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
-                str(self.port), "--workers", "1", "--backend-store-uri", self.backend,
-                "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            # no job-runner consumers: each would hold its own connections to the backend database
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        )  # fmt: skip
+        with open(self.root / "mlflow-server.log", "ab") as log:  # the child keeps its own copy
+            # its own process group (start_new_session), so that stop() ends its gunicorn/uvicorn workers too; not a
+            # start_process: a session's server outlives the test that first asked for it
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+                    str(self.port), "--workers", "1", "--backend-store-uri", self.backend,
+                    "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # no job-runner consumers (each would hold its own connections to the backend database), no telemetry
+                env={**os.environ, **SERVER_ENV},
+            )  # fmt: skip
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(self.root / 'mlflow-server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError(f"mlflow server did not answer within {timeout}s")
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mlflow server exited: {(self.root / 'mlflow-server.log').read_text()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as resp:
+                        if resp.status == 200:
+                            return
+                except OSError:
+                    time.sleep(0.5)
+            raise RuntimeError(f"mlflow server did not answer within {timeout}s")
+        except BaseException:
+            self.stop()  # a server that never answered leaves no process behind either
+            raise
 
     def stop(self) -> None:
-        import os
-        import signal
-
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except Exception:  # noqa: BLE001
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            stop_process_group(self.proc)
         self.proc = None
 
 
@@ -212,3 +215,53 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> object:
     yield server
     server.stop()
     drop_database(server.backend)
+
+
+# -- processes a test starts ---------------------------------------------------------------------------------------
+
+_started: list[subprocess.Popen] = []
+
+
+def start_process(args: Sequence[Any], **popen: Any) -> subprocess.Popen:
+    """``subprocess.Popen`` in a process group of its own; the group (the process and everything it started) is
+    stopped when the test ends, whether it passed or not."""
+    proc = subprocess.Popen([str(a) for a in args], start_new_session=True, **popen)
+    _started.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left() -> Iterator[None]:
+    yield
+    while _started:
+        stop_process_group(_started.pop())
+
+
+def stop_process_group(proc: subprocess.Popen, *, grace: float = 20.0) -> None:
+    """SIGTERM to the process group ``proc`` leads (it was started with start_new_session), up to ``grace``
+    seconds for every member to exit, then SIGKILL to what is left. Returns when none is left."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        if proc.poll() is not None and not _group_members(proc.pid):
+            return
+        with contextlib.suppress(ProcessLookupError):  # the group is empty, the leader a zombie: only reaping left
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not _group_members(proc.pid):
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"process group {proc.pid} survived SIGKILL: {_group_members(proc.pid)}")
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that still run (zombies excluded: an orphan waits for PID 1 to reap it)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # it exited while we looked
+            continue
+        state, _ppid, pgrp = text.rsplit(")", 1)[1].split()[:3]  # after "pid (comm)": comm may hold ") "
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(stat.parent.name))
+    return members

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from conftest import MlflowServer, free_port, wait_for, write_image_folder
+from conftest import MlflowServer, free_port, start_process, wait_for, write_image_folder
 from sweeper.cli import app
 from sweeper.urls import absolute_sqlite
 
@@ -25,7 +25,7 @@ TINY = ["model.width=0.125", "train.batch_size=32", "data.val_size=60", "train.d
 
 def sweeper_proc(*args: object, log: Path, env: dict | None = None) -> subprocess.Popen:
     full_env = {**os.environ, "SWEEPER_HEARTBEAT_SECONDS": "1", "SWEEPER_GRACE_SECONDS": "4", **(env or {})}
-    return subprocess.Popen(
+    return start_process(
         [sys.executable, "-m", "sweeper", *map(str, args)],
         env=full_env,
         stdout=open(log, "ab"),

@@ -14,6 +14,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from conftest import start_process
+
 TINY = ["model.width=0.125", "train.batch_size=32", "data.val_size=60", "train.device=cpu", "train.epochs=40"]
 
 
@@ -59,7 +61,7 @@ def test_a_stop_signal_at_any_moment_exits_130_with_one_line_and_records_the_tri
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log = tmp_path / "stderr.log"
     with open(log, "wb") as err:
-        proc = subprocess.Popen(
+        proc = start_process(
             [sys.executable, "-m", "sweeper", "study", "run", "stop", "--data", str(image_folder), "--n-trials", "2",
              "--storage", storage, "--tracking-uri", tracking, "--pruner", "none", "--json", "--set", *TINY],
             stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ),

@@ -112,6 +112,22 @@ def test_val_against_epochs_records_the_epochs_run_and_no_single_best(image_fold
     assert cmaes.exit_code == 2 and "cannot optimize two objectives" in cmaes.stderr
 
 
+@pytest.mark.parametrize(
+    ("objective", "names"),
+    [
+        ("val", ["val_accuracy"]),
+        ("test", ["test_accuracy"]),
+        ("val,train_seconds", ["val_accuracy", "train_seconds"]),
+        ("test,epochs", ["test_accuracy", "epochs"]),
+    ],
+)
+def test_study_init_names_the_metrics_so_the_dashboard_shows_no_objective_0(image_folder, objective, names):
+    """The stack's `init` makes the study before any worker runs a trial: optuna-dashboard reads these names."""
+    made = invoke("study", "init", "named", "--data", image_folder, "--objective", objective, "--set", *TINY)
+    assert made.exit_code == 0, made.output
+    assert optuna.load_study(study_name="named", storage="sqlite:///sweeper.db").metric_names == names
+
+
 def test_single_objective_studies_name_their_metric_and_draw_the_ridge(image_folder):
     run = invoke("study", "run", "ridge", "--data", image_folder, "--n-trials", 2, "--sampler", "random",
                  "--pruner", "none", "--json", "--set", *TINY, "train.epochs=1")  # fmt: skip

@@ -15,14 +15,14 @@ import sqlalchemy
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from conftest import PG_ADMIN_URL, wait_for
+from conftest import PG_ADMIN_URL, start_process, wait_for
 from sweeper.cli import app
 
 TINY = ["model.width=0.125", "train.batch_size=32", "data.val_size=60", "train.device=cpu"]
 
 
 def worker(name: str, storage: str, log: Path, *args: object, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
+    return start_process(
         [sys.executable, "-m", "sweeper", "study", "run", name, "--storage", storage,
          "--tracking-uri", "sqlite:///mlflow.db", *map(str, args)],
         env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=open(log, "ab"),

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from conftest import start_process
 from pipelines.callbacks import EpochMetrics
 from sweeper.cli import app
 from sweeper.objective import Objective
@@ -94,7 +95,7 @@ def test_on_sqlite_a_killed_process_trial_is_failed_and_retried_by_the_next(imag
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "SWEEPER_HEARTBEAT_SECONDS": "1", "SWEEPER_GRACE_SECONDS": "3"}
     common = ["--storage", storage, "--tracking-uri", tracking]
-    victim = subprocess.Popen(
+    victim = start_process(
         [sys.executable, "-m", "sweeper", "study", "run", "lite", "--data", str(image_folder), "--n-trials", "1",
          "--pruner", "none", *common, "--set", *TINY[:-1], "train.epochs=40"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

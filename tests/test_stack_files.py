@@ -35,15 +35,19 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 HADOLINT_CONFIG = ROOT / ".hadolint.yaml"
 COMPOSE_SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 MLFLOW_ENTRYPOINT = ROOT / "docker" / "mlflow-entrypoint.sh"
+SECRETS_ENV = ROOT / "docker" / "secrets-env.sh"
+WORKER_CONSTRAINTS = ROOT / "docker" / "worker-constraints.txt"
 POSTGRES_INIT_DIR = ROOT / "docker" / "postgres-init"
 
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|SECRET_KEY)$")
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, ${NAME:+alt}, ${NAME+alt}
 REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
+# A reference with no other reference inside it: nested ones resolve from the inside out.
+INNERMOST_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^{}]*))?\}")
 BARE_REFERENCE = re.compile(r"\$(?P<name>[A-Za-z_][A-Za-z0-9_]*)")
-REQUIRED_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?\?[^}]*)?\}")
 URL_CREDENTIALS = re.compile(r"://[^:/@\s]+:(?P<password>[^@\s]*)@")
 LOOPBACK = "127.0.0.1"
+THE_SECRETS = {"POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SECRET_KEY"}
 # Stand-ins for the secrets .env.example leaves empty, as a user's .env would fill them in.
 TEST_SECRET = "0123456789abcdef0123456789abcdef"
 
@@ -126,10 +130,11 @@ def interpolate(tree: Any, env: Mapping[str, str]) -> Any:
             raise KeyError(f"{name}: {arg}")
         return value or ""
 
-    escaped = tree.replace("$$", "\0")
-    resolved = REFERENCE.sub(substitute, escaped)
+    resolved = tree.replace("$$", "\0")
+    while INNERMOST_REFERENCE.search(resolved):  # nested references (`${A:+,${A}:*}`) from the inside out
+        resolved = INNERMOST_REFERENCE.sub(substitute, resolved)
     resolved = BARE_REFERENCE.sub(lambda m: env.get(m["name"], ""), resolved)
-    assert "${" not in resolved, f"unsupported interpolation (nested?) in {tree!r}"
+    assert "${" not in resolved, f"unsupported interpolation in {tree!r}"
     return resolved.replace("\0", "$")
 
 
@@ -152,6 +157,11 @@ def user_env() -> dict[str, str]:
 
 def resolved(path: Path, **extra: str) -> dict[str, Any]:
     return interpolate(load_yaml(path), {**user_env(), **extra})
+
+
+def secret_variables(document: Mapping[str, Any]) -> dict[str, str]:
+    """Top-level secrets that compose fills from a variable: secret name -> variable name."""
+    return {name: spec["environment"] for name, spec in document.get("secrets", {}).items() if "environment" in spec}
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
@@ -317,10 +327,46 @@ def test_every_image_is_pinned(services: dict[str, Any]) -> None:
         else:
             assert is_pinned(service["image"]), f"{name}: {service['image']} is not an exact version"
     for dockerfile in DOCKERFILES:
-        for keyword, args in dockerfile_instructions(dockerfile):
-            if keyword == "FROM":
-                image = next(word for word in args.split() if not word.startswith("--"))
-                assert is_pinned(image), f"{dockerfile.name}: FROM {image} is not an exact version"
+        for image in base_images(dockerfile):
+            assert is_pinned(image), f"{dockerfile.name}: FROM {image} is not an exact version"
+
+
+def base_images(dockerfile: Path) -> list[str]:
+    """The images a Dockerfile's FROM lines name, an ARG's default standing in for its ${ARG}."""
+    defaults: dict[str, str] = {}
+    images = []
+    for keyword, args in dockerfile_instructions(dockerfile):
+        if keyword == "ARG" and "=" in args:
+            name, value = args.split("=", 1)
+            defaults[name] = value
+        elif keyword == "FROM":
+            image = next(word for word in args.split() if not word.startswith("--"))
+            images.append(interpolate(image, defaults))
+    return images
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+def test_base_image_is_a_build_argument(dockerfile: Path, services: dict[str, Any]) -> None:
+    """Every FROM is an ARG with today's pinned image as default, and compose passes that ARG."""
+    instructions = dockerfile_instructions(dockerfile)
+    first_from = next(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    args_before = {args.split("=", 1)[0] for keyword, args in instructions[:first_from] if keyword == "ARG"}
+    image = instructions[first_from][1].split()[0]
+    match = re.fullmatch(r"\$\{(\w+)\}", image)
+    assert match and match[1] in args_before, f"{dockerfile.name}: FROM {image} is not an ARG declared before it"
+    built_by = [svc for svc in services.values() if dockerfile_of(svc) == dockerfile]
+    assert built_by and all(match[1] in svc["build"].get("args", {}) for svc in built_by), dockerfile.name
+    raw = load_yaml(COMPOSE_FILE)["services"]
+    for name, svc in raw.items():
+        if dockerfile_of(svc) == dockerfile:
+            default = interpolate(svc["build"]["args"][match[1]], {})  # the compose default is the Dockerfile's
+            assert default == base_images(dockerfile)[0], f"{name}: {default} against {dockerfile.name}"
+
+
+def test_postgres_image_can_be_replaced_and_defaults_to_the_pinned_one(services: dict[str, Any]) -> None:
+    assert services["postgres"]["image"] == "postgres:16.10-bookworm"
+    local = resolved(COMPOSE_FILE, SWEEPER_POSTGRES_IMAGE="sweeper-local/postgres:15-bookworm")
+    assert local["services"]["postgres"]["image"] == "sweeper-local/postgres:15-bookworm"
 
 
 def test_published_ports_bind_loopback_only(services: dict[str, Any]) -> None:
@@ -356,33 +402,72 @@ def test_multihost_override_publishes_only_on_a_named_address() -> None:
 
 
 @pytest.mark.parametrize("path", [COMPOSE_FILE, *OVERRIDE_FILES], ids=lambda path: path.name)
-def test_no_literal_secret_in_compose_file(path: Path) -> None:
+def test_no_secret_value_reaches_the_configuration(path: Path) -> None:
+    """No secret in an environment value, a URL or a `${VAR}` reference: any of them would put the password
+    into `docker compose config` and `docker inspect`. Secrets travel as files (`secrets:`)."""
     raw = load_yaml(path)
     for where, text in strings(raw):
         key = where.rsplit(".", 1)[-1]
-        if ".environment." in f".{where}" and SECRET_NAME.search(key):
-            assert REQUIRED_REFERENCE.fullmatch(text), f"{where}: {text!r} must be a ${{VAR:?...}} reference"
-        for match in URL_CREDENTIALS.finditer(text):
-            assert REQUIRED_REFERENCE.fullmatch(match["password"]), f"{where}: password in URL is a literal"
+        if ".environment." in f".{where}":
+            assert not SECRET_NAME.search(key), f"{where}: a secret as an environment value; use {key}_FILE"
+        assert not URL_CREDENTIALS.search(text), f"{where}: a password in a URL"
+    for ref in references(raw):
+        assert ref.name not in THE_SECRETS, f"{path.name} {ref.where}: ${{{ref.name}}} puts the secret in the config"
     assert TEST_SECRET not in path.read_text()
 
 
-def test_secrets_have_no_default_and_no_value_in_env_example() -> None:
+def test_secrets_are_files_named_after_their_env_variable(compose: dict[str, Any]) -> None:
     values, _ = read_env_example()
-    secrets = {name for name in values if SECRET_NAME.search(name)}
-    assert secrets == {"POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_SECRET_KEY"}
-    assert all(values[name] == "" for name in secrets), "ship secrets empty: compose then refuses to start"
-    for path in [COMPOSE_FILE, *OVERRIDE_FILES]:
-        for ref in references(load_yaml(path)):
-            if ref.name in secrets:
-                assert ref.op == ":?", f"{path.name} {ref.where}: ${{{ref.name}}} must fail loudly when unset"
+    assert {name for name in values if SECRET_NAME.search(name)} == THE_SECRETS
+    assert all(values[name] == "" for name in THE_SECRETS), "ship secrets empty: compose then refuses to start"
+    variables = secret_variables(compose)
+    assert set(variables.values()) == THE_SECRETS
+    for name, service in compose["services"].items():
+        mounted = {}
+        for entry in service.get("secrets", []):
+            assert entry["target"] == variables[entry["source"]], f"{name}: name the file after its .env variable"
+            mounted[f"/run/secrets/{entry['target']}"] = entry
+        for key, value in service.get("environment", {}).items():
+            if key.endswith("_FILE"):
+                assert value in mounted, f"{name}: {key} names {value}, a secret it does not mount"
+        for entry in mounted.values():  # Engine 20.10 fails the copy of a secret given an owner (getent)
+            assert not {"uid", "gid"} & set(entry), f"{name}: {entry}"
 
 
-def test_missing_secret_stops_compose() -> None:
-    env = user_env()
-    del env["POSTGRES_PASSWORD"]
-    with pytest.raises(KeyError, match=r"POSTGRES_PASSWORD: set POSTGRES_PASSWORD in \.env"):
-        interpolate(load_yaml(COMPOSE_FILE), env)
+def run_secrets_env(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "sh",
+            str(SECRETS_ENV),
+            "sh",
+            "-c",
+            'printf "%s|%s|%s" "$PGPASSWORD" "${PGPASSWORD_FILE-unset}" "$SSL_CERT_FILE"',
+        ],
+        check=False,
+        env={"PATH": os.environ["PATH"], "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_secrets_env_exports_each_file_and_runs_the_command(tmp_path: Path) -> None:
+    secret = tmp_path / "POSTGRES_PASSWORD"
+    secret.write_text(TEST_SECRET + "\n")
+    result = run_secrets_env(tmp_path, PGPASSWORD_FILE=str(secret))
+    assert result.returncode == 0, result.stderr
+    # the value, its _FILE variable gone, and a *_FILE that names no secret (a CA bundle) left alone
+    assert result.stdout == f"{TEST_SECRET}|unset|/etc/ssl/certs/ca-certificates.crt"
+
+
+def test_secrets_env_refuses_an_empty_secret_naming_the_variable_to_set(tmp_path: Path) -> None:
+    secret = tmp_path / "MLFLOW_ADMIN_PASSWORD"
+    secret.write_text("")
+    result = run_secrets_env(tmp_path, PGPASSWORD_FILE=str(secret))
+    assert result.returncode == 2 and "set MLFLOW_ADMIN_PASSWORD in .env" in result.stderr
+    assert result.stdout == ""
+    missing = run_secrets_env(tmp_path, PGPASSWORD_FILE=str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "cannot be read" in missing.stderr
 
 
 def test_env_example_defines_every_variable_without_default() -> None:
@@ -400,7 +485,9 @@ def test_env_example_defines_every_variable_without_default() -> None:
 
 def test_env_example_names_only_variables_the_stack_reads() -> None:
     values, commented = read_env_example()
-    used = {ref.name for path in [COMPOSE_FILE, *OVERRIDE_FILES] for ref in references(load_yaml(path))}
+    documents = [load_yaml(path) for path in [COMPOSE_FILE, *OVERRIDE_FILES]]
+    used = {ref.name for document in documents for ref in references(document)}
+    used |= {name for document in documents for name in secret_variables(document).values()}
     assert set(values) | commented <= used
 
 
@@ -418,21 +505,28 @@ def test_worker_reserves_one_gpu_and_waits_for_init(services: dict[str, Any]) ->
 
 
 def test_init_creates_the_study_the_workers_run(services: dict[str, Any]) -> None:
-    assert services["init"]["command"] == ["study", "init", "resnet9-cifar10"]
+    assert services["init"]["command"] == ["study", "init", "resnet9-cifar10", "--data", "cifar10"]
     assert services["init"]["restart"] == "no"
     assert services["worker"]["command"] == ["study", "run", "resnet9-cifar10", "--n-trials", "20", "--data", "cifar10"]
     mine = resolved(COMPOSE_FILE, STUDY_NAME="wd-sweep", TRIALS_PER_WORKER="5")["services"]
     assert mine["init"]["command"][2] == mine["worker"]["command"][2] == "wd-sweep"
     assert mine["worker"]["command"][4] == "5"
+    own_data = resolved(COMPOSE_FILE, SWEEPER_DATA="/data/cifar10-jpeg.tar.xz")["services"]
+    assert (
+        own_data["init"]["command"][-2:]
+        == own_data["worker"]["command"][-2:]
+        == ["--data", "/data/cifar10-jpeg.tar.xz"]
+    )
 
 
 def test_sweeper_containers_get_storage_tracking_and_cache(services: dict[str, Any], compose: dict[str, Any]) -> None:
     for name in ("init", "worker"):
         env = services[name]["environment"]
-        assert env["SWEEPER_STORAGE"] == f"postgresql+psycopg2://sweeper:{TEST_SECRET}@postgres:5432/optuna"
+        assert env["SWEEPER_STORAGE"] == "postgresql+psycopg2://sweeper@postgres:5432/optuna"
+        assert env["PGPASSWORD_FILE"] == "/run/secrets/POSTGRES_PASSWORD"
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert env["MLFLOW_TRACKING_USERNAME"] == "admin"
-        assert env["MLFLOW_TRACKING_PASSWORD"] == TEST_SECRET
+        assert env["MLFLOW_TRACKING_PASSWORD_FILE"] == "/run/secrets/MLFLOW_ADMIN_PASSWORD"
         assert env["SWEEPER_CACHE_DIR"] == "/cache"
         assert {"sweeper-cache:/cache", "sweeper-runs:/work/runs"} <= set(services[name]["volumes"])
     assert {"sweeper-cache", "sweeper-runs"} <= set(compose["volumes"])
@@ -441,12 +535,13 @@ def test_sweeper_containers_get_storage_tracking_and_cache(services: dict[str, A
     assert "@10.0.0.5:5432/optuna" in env["SWEEPER_STORAGE"] and env["MLFLOW_TRACKING_URI"] == "http://10.0.0.5:5000"
 
 
-def test_worker_data_dir_is_a_read_only_mount(services: dict[str, Any]) -> None:
-    assert "sweeper-data:/data:ro" in services["worker"]["volumes"]
+def test_data_dir_is_a_read_only_mount_in_init_and_the_workers(services: dict[str, Any]) -> None:
+    """`init` checks the data source as the workers read it: both get SWEEPER_DATA and the /data mount."""
     bound = resolved(COMPOSE_FILE, SWEEPER_DATA_DIR="/srv/datasets", SWEEPER_DATA="/data/cifar-10-python.tar.gz")
-    worker = bound["services"]["worker"]
-    assert "/srv/datasets:/data:ro" in worker["volumes"]
-    assert worker["command"][-2:] == ["--data", "/data/cifar-10-python.tar.gz"]
+    for name in ("init", "worker"):
+        assert "sweeper-data:/data:ro" in services[name]["volumes"]
+        assert "/srv/datasets:/data:ro" in bound["services"][name]["volumes"]
+        assert bound["services"][name]["command"][-2:] == ["--data", "/data/cifar-10-python.tar.gz"]
 
 
 def test_mlflow_proxies_artifacts_to_a_volume_behind_basic_auth(
@@ -458,14 +553,18 @@ def test_mlflow_proxies_artifacts_to_a_volume_behind_basic_auth(
     assert "mlflow-artifacts:/mlartifacts" in mlflow["volumes"] and "mlflow-artifacts" in compose["volumes"]
     hosts = next(arg for arg in command if arg.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
     assert {"mlflow", "mlflow:5000", "localhost:*", "127.0.0.1:*"} <= set(hosts)
+    assert len(hosts) == len(set(hosts)), f"a host listed twice: {hosts}"
     published = resolved(COMPOSE_FILE, SWEEPER_BIND_ADDR="10.0.0.5")["services"]["mlflow"]["command"]
     assert any(arg.startswith("--allowed-hosts=") and arg.endswith(",10.0.0.5:*") for arg in published)
     env = mlflow["environment"]
-    assert env["MLFLOW_BACKEND_STORE_URI"] == f"postgresql+psycopg2://sweeper:{TEST_SECRET}@postgres:5432/mlflow"
-    assert env["MLFLOW_AUTH_DATABASE_URI"] == f"postgresql+psycopg2://sweeper:{TEST_SECRET}@postgres:5432/mlflow_auth"
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg2://sweeper@postgres:5432/mlflow"
+    assert env["MLFLOW_AUTH_DATABASE_URI"] == "postgresql+psycopg2://sweeper@postgres:5432/mlflow_auth"
+    assert env["PGPASSWORD_FILE"] == "/run/secrets/POSTGRES_PASSWORD"
     assert env["MLFLOW_BASIC_AUTH"] == "true"
     assert env["MLFLOW_AUTH_ADMIN_USERNAME"] == services["worker"]["environment"]["MLFLOW_TRACKING_USERNAME"]
-    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == services["worker"]["environment"]["MLFLOW_TRACKING_PASSWORD"]
+    # the admin the server creates is the user the workers log in as
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD_FILE"] == services["worker"]["environment"]["MLFLOW_TRACKING_PASSWORD_FILE"]
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY_FILE"] == "/run/secrets/MLFLOW_SECRET_KEY"
 
 
 def test_postgres_init_creates_the_databases_mlflow_uses(services: dict[str, Any]) -> None:
@@ -509,7 +608,84 @@ def test_worker_image_installs_the_project_as_uid_10001() -> None:
     assert "useradd --uid 10001" in run and " sweeper" in run
     assert ("USER", "10001:10001") in instructions
     assert ("WORKDIR", "/work") in instructions
-    assert ("ENTRYPOINT", '["sweeper"]') in instructions
+    assert ("ENTRYPOINT", '["secrets-env", "sweeper"]') in instructions
+
+
+def test_worker_image_installs_its_dependencies_from_the_lock_file() -> None:
+    """Every run-time dependency in pyproject.toml (but the base image's torch and torchvision) is pinned in
+    docker/worker-constraints.txt, and the image installs with it; torch's pin is read from its metadata."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {canonicalize_name(Requirement(line).name) for line in declared} - {"torch", "torchvision"}
+    pins = {}
+    for line in WORKER_CONSTRAINTS.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert re.fullmatch(r"[\w.+!-]+", version), f"not an exact pin: {line}"
+            pins[canonicalize_name(name)] = version
+    assert names <= set(pins), f"not locked: {sorted(names - set(pins))}"
+    assert not {"torch", "torchvision"} & set(pins)
+    instructions = dockerfile_instructions(ROOT / "docker" / "worker.Dockerfile")
+    run = " ".join(args for keyword, args in instructions if keyword == "RUN")
+    assert "--constraint /tmp/sweeper-src/worker-constraints.txt" in run
+    assert 'm.version("torch")' in run and "import torch;" not in run
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "variables"),
+    [
+        ("worker.Dockerfile", {"MLFLOW_DISABLE_TELEMETRY": "true", "NO_ALBUMENTATIONS_UPDATE": "1"}),
+        ("mlflow.Dockerfile", {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
+    ],
+)
+def test_images_turn_telemetry_and_unused_job_runners_off(dockerfile: str, variables: dict[str, str]) -> None:
+    env = " ".join(args for keyword, args in dockerfile_instructions(ROOT / "docker" / dockerfile) if keyword == "ENV")
+    for name, value in variables.items():
+        assert re.search(rf"(^|\s){name}={value}(\s|$)", env), f"{dockerfile}: ENV {name}={value}"
+
+
+def test_dashboard_is_served_by_a_threaded_server() -> None:
+    run = " ".join(
+        args for keyword, args in dockerfile_instructions(ROOT / "docker" / "dashboard.Dockerfile") if keyword == "RUN"
+    )
+    assert re.search(r'"gunicorn==\d+\.\d+\.\d+"', run)
+    serve = (ROOT / "docker" / "dashboard-serve.py").read_text()
+    assert '"worker_class": "gthread"' in serve and "optuna_dashboard.wsgi(" in serve
+    assert "run_server" not in serve.replace("``run_server``", "")
+
+
+def test_cpu_override_drops_the_gpu_reservation() -> None:
+    text = (ROOT / "docker" / "compose.cpu.yml").read_text()
+    assert re.search(r"^  worker:\n    deploy: !reset \{\}$", text, re.MULTILINE)
+    command = compose_command()
+    if command is None:
+        return  # Compose's own merge, where it is installed:
+    env = {**os.environ, **user_env()}
+    result = subprocess.run(
+        [
+            *command,
+            "-f",
+            str(COMPOSE_FILE),
+            "-f",
+            str(ROOT / "docker" / "compose.cpu.yml"),
+            "config",
+            "--format",
+            "json",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    worker = json.loads(result.stdout)["services"]["worker"]
+    assert not (worker.get("deploy") or {}).get("resources"), worker.get("deploy")
 
 
 def test_mlflow_image_pins_mlflow_with_auth() -> None:
@@ -581,7 +757,15 @@ def test_dockerignore_keeps_local_state_out(path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["pyproject.toml", "pipelines/train.py", "sweeper/cli/__init__.py", "docker/mlflow-entrypoint.sh"]
+    "path",
+    [
+        "pyproject.toml",
+        "pipelines/train.py",
+        "sweeper/cli/__init__.py",
+        "docker/mlflow-entrypoint.sh",
+        "docker/secrets-env.sh",
+        "docker/worker-constraints.txt",
+    ],
 )
 def test_dockerignore_lets_the_build_inputs_in(path: str) -> None:
     assert not dockerignored(path)

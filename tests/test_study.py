@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -164,3 +168,55 @@ def test_from_lr_finder_enqueues_trial_0_at_the_suggested_lr(image_folder):
     # the enqueued point keeps the config's momentum and weight decay (0.9, 5e-4)
     assert p["momentum"] == pytest.approx(0.9) and p["weight_decay"] == pytest.approx(5e-4)
     assert out["trials"][0]["lr"] == pytest.approx(p["effective_decay"] * (1 - 0.9) / 5e-4)
+
+
+def test_for_logs_the_final_table_best_line_replay_hint_and_runs_link_arrive_whole(image_folder, tmp_path):
+    """Captured output (compose logs, CI: not a terminal) is not wrapped at 80 columns, however long the lines."""
+    name = "a-study-whose-name-alone-is-longer-than-the-eighty-columns-rich-would-wrap-a-log-line-at"
+    common = ["--n-trials", 2, "--sampler", "random", "--pruner", "none", "--set", *TINY, "train.epochs=1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeper", "study", "run", name, "--data", image_folder, *map(str, common)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "60"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert f"study {name}" in [line.strip() for line in lines]  # the table's title, unwrapped
+    rows = [line for line in lines if line.startswith("│")]
+    assert len(rows) == 2 and all(line.count("│") == rows[0].count("│") for line in rows)
+    assert all("complete" in row and "%" in row for row in rows)  # each trial whole on its own row
+    best = [line for line in lines if line.startswith("best: ")]
+    assert len(best) == 1 and re.fullmatch(r"best: trial [01] val accuracy [\d.]+% \(lr [\d.e+-]+\)", best[0])
+    assert f"replay it with: sweeper replay --study {name}" in lines
+    experiment = MlflowClient(absolute_sqlite("sqlite:///mlflow.db")).get_experiment_by_name(name).experiment_id
+    store = absolute_sqlite("sqlite:///mlflow.db")
+    assert lines[-2:] == [
+        f"start the MLflow UI with: mlflow ui --backend-store-uri {store}",
+        f"runs in MLflow: http://127.0.0.1:5000/#/experiments/{experiment}/runs?workflowType=machine_learning",
+    ]
+
+    replayed = subprocess.run(
+        [sys.executable, "-m", "sweeper", "replay", "--study", name, "--seeds", "1", "--set", "train.epochs=1"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "60"},
+    )  # fmt: skip
+    assert replayed.returncode == 0, replayed.stderr[-3000:]
+    assert re.fullmatch(
+        rf"replay of {re.escape(name)}-trial-[01]: test accuracy .*% over 1 seeds \(.*\)", replayed.stdout.strip()
+    )
+    assert replayed.stderr.splitlines()[-1] == lines[-1]  # the same experiment, the same runs view
+
+
+def test_a_multi_objective_study_ends_with_the_front_and_where_to_see_it_on_lines_of_their_own(image_folder):
+    space = {"params": {"train.epochs": {"type": "int", "low": 1, "high": 2}}}
+    Path("space.yaml").write_text(json.dumps(space))
+    result = invoke(
+        "study", "run", "front", "--data", image_folder, "--space", "space.yaml", "--objective", "val,epochs",
+        "--n-trials", 2, "--sampler", "random", "--set", *TINY,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert re.fullmatch(r"Pareto front: [12] trial\(s\)", lines[-4]), lines[-4:]
+    assert lines[-3] == "see them with: sweeper study best front"
+    assert lines[-2].startswith("start the MLflow UI with: mlflow ui --backend-store-uri sqlite:///")
+    assert re.fullmatch(
+        r"runs in MLflow: http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning", lines[-1]
+    )

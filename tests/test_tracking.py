@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from conftest import free_port
 from sweeper.cli import app
 from sweeper.spool import LogQueue, sync_spool
-from sweeper.urls import absolute_sqlite, mask_url
+from sweeper.urls import RunsLink, absolute_sqlite, mask_url, runs_link
 
 
 def test_rejected_call_is_dropped_not_spooled(tmp_path):
@@ -61,6 +61,28 @@ def test_masks_passwords_in_urls():
     assert mask_url("postgresql+psycopg2://u:secret@db:5432/x") == "postgresql+psycopg2://u:***@db:5432/x"
     assert mask_url("http://admin:pw@mlflow:5000") == "http://admin:***@mlflow:5000"
     assert mask_url("sqlite:///sweeper.db") == "sqlite:///sweeper.db"
+
+
+def test_runs_links_open_the_runs_view_without_a_password():
+    """MLflow 3 shows an experiment's GenAI view unless asked for the runs; a browser asks for the credentials."""
+    view = "#/experiments/7/runs?workflowType=machine_learning"
+    assert runs_link("https://alice:s3cret@example.org/mlflow/", "7") == RunsLink(f"https://example.org/mlflow/{view}")
+    assert runs_link("http://mlflow:5000", "7") == RunsLink(f"http://mlflow:5000/{view}")
+    local = RunsLink(f"http://127.0.0.1:5000/{view}", serve="mlflow ui --backend-store-uri sqlite:////srv/mlflow.db")
+    assert runs_link("sqlite:////srv/mlflow.db", "7") == local
+    served = runs_link("postgresql://u:s3cret@db/mlflow", "7")
+    assert served is not None and "s3cret" not in served.serve
+    assert runs_link("databricks", "7") is None
+
+
+def test_runs_link_uses_the_browsers_address_of_the_ui_where_one_is_given(monkeypatch):
+    """In the compose stack a worker tracks to http://mlflow:5000, a name only the containers know; the link it
+    prints must be the published port (SWEEPER_MLFLOW_UI, set by docker-compose.yml)."""
+    monkeypatch.setenv("SWEEPER_MLFLOW_UI", "http://127.0.0.1:5001/")
+    view = "#/experiments/7/runs?workflowType=machine_learning"
+    assert runs_link("http://mlflow:5000", "7") == RunsLink(f"http://127.0.0.1:5001/{view}")
+    local = runs_link("sqlite:////srv/mlflow.db", "7")  # a local store is still seen through `mlflow ui`
+    assert local is not None and local.serve is not None
 
 
 def test_study_init_with_bad_data_leaves_nothing(tmp_path):

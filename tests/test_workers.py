@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from conftest import start_process
 from sweeper.cli import app
 
 TINY = ["model.width=0.125", "train.epochs=2", "train.batch_size=32", "data.val_size=60", "train.device=cpu"]
@@ -24,7 +25,7 @@ TINY = ["model.width=0.125", "train.epochs=2", "train.batch_size=32", "data.val_
 def sweeper_proc(*args: str, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
     full_env = {**os.environ, "SWEEPER_HEARTBEAT_SECONDS": "2", "SWEEPER_GRACE_SECONDS": "6", **(env or {})}
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(
+    return start_process(
         [sys.executable, "-m", "sweeper", *map(str, args)], env=full_env, stdout=out, stderr=subprocess.STDOUT
     )
 

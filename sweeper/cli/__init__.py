@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import MutableMapping
 
 import typer
 
@@ -40,6 +41,7 @@ def main() -> None:
     """The console script: user errors exit 2 (one line), Ctrl-C and SIGTERM exit 130 after recording the
     running trial as interrupted (see _common.user_errors); anything else is a bug and shows its traceback.
     Nothing it prints shows a URL's password: stdout and stderr mask them (sweeper.urls.MaskingStream)."""
+    no_phoning_home(os.environ)  # before mlflow or albumentations is imported: both read it at import
     sys.stdout, sys.stderr = MaskingStream(sys.stdout), MaskingStream(sys.stderr)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_libraries()
@@ -52,6 +54,24 @@ def main() -> None:
         if interrupts.requested():  # Python restores the default handlers as it exits: a late Ctrl-C would kill
             for signum in (signal.SIGINT, signal.SIGTERM):  # it (exit -2) instead of letting it exit 130
                 signal.signal(signum, signal.SIG_IGN)
+
+
+# Set, unless the user set them, for our commands and the processes they start (workers inherit them).
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow >= 3.2 sends usage events (mlflow.telemetry) unless true
+    "NO_ALBUMENTATIONS_UPDATE": "1",  # albumentations asks PyPI for a newer version at import unless 1/true
+}
+# And for an `mlflow server`/`mlflow ui` we start: no job runner (about seven huey consumer processes per server,
+# for MLflow's GenAI jobs, which sweeper never submits)
+SERVER_ENV = {**QUIET_ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def no_phoning_home(env: MutableMapping[str, str], *, server: bool = False) -> MutableMapping[str, str]:
+    """Telemetry and update checks off in ``env`` (os.environ, or a child's environment; ``server``: an MLflow
+    server's, job runner off too), each variable only where it is not set already. Returns ``env``."""
+    for key, value in (SERVER_ENV if server else QUIET_ENV).items():
+        env.setdefault(key, value)
+    return env
 
 
 def _on_stop_signal(signum: int, frame: object) -> None:
@@ -100,4 +120,4 @@ def _quiet_optuna(record: logging.LogRecord) -> bool:
     return True
 
 
-__all__ = ["app", "main"]
+__all__ = ["QUIET_ENV", "SERVER_ENV", "app", "main", "no_phoning_home"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -20,7 +20,35 @@ from pipelines.errors import UserError
 from sweeper.overrides import resolve_config
 from sweeper.urls import mask_url
 
-err_console = Console(stderr=True)
+UNWRAPPED_WIDTH = 10_000  # columns on a stream that is not a terminal: wide enough that no line of ours wraps
+
+
+class _LogConsole(Console):
+    """A rich Console that wraps to the terminal's width on a terminal, and not at all on a file, a pipe or
+    compose logs, where rich would wrap at 80 columns. Asked at every print: CliRunner swaps the streams."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(UNWRAPPED_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+    def print(self, *objects: Any, soft_wrap: bool | None = None, **kwargs: Any) -> None:
+        if soft_wrap is None and not self.is_terminal:
+            soft_wrap = True  # no word wrap, no cropping: a long line arrives whole
+        super().print(*objects, soft_wrap=soft_wrap, **kwargs)
+
+
+def console(*, stderr: bool = False, width: int | None = None) -> Console:
+    """The console every command prints its tables and lines with (stdout, or stderr): ``width`` columns on a
+    terminal (default: the terminal's), and when the stream is not a terminal, each line whole on one line."""
+    return _LogConsole(stderr=stderr, width=width)
+
+
+err_console = console(stderr=True)
 
 # Help panels: how `--help` groups the options of a command
 CONFIG_PANEL = "Config"
@@ -124,6 +152,19 @@ def resolve_cli_config(
 ) -> Config:
     """A command's config: the recipe <- --config <- ``extra`` (e.g. --data) <- --set and key=value words."""
     return resolve_config(config, tokens(set_, overrides), extra={k: v for k, v in extra.items() if v is not None})
+
+
+def print_runs_link(tracking_uri: str, experiment_id: str) -> None:
+    """Where to see the runs in MLflow, each on its own line (stderr): the runs view, not MLflow 3's GenAI view;
+    for a local store, the `mlflow ui` command first. No password: the link leaves the URL's user info out."""
+    from sweeper.urls import runs_link
+
+    link = runs_link(tracking_uri, experiment_id)
+    if link is None:
+        return
+    if link.serve:
+        err_console.print(f"start the MLflow UI with: {link.serve}", highlight=False, markup=False)
+    err_console.print(f"runs in MLflow: {link.url}", highlight=False, markup=False)
 
 
 def print_json(payload: Any) -> None:

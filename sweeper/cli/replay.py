@@ -17,6 +17,7 @@ from sweeper.cli._common import (
     StorageOpt,
     TrackingOpt,
     print_json,
+    print_runs_link,
     user_errors,
 )
 
@@ -95,3 +96,4 @@ def replay(
         f"replay of {src.label}: test accuracy {100 * result.mean:.2f}% ± {100 * result.std:.2f}% "
         f"over {seeds} seeds ({accs})"
     )
+    print_runs_link(tracker.uri, tracker.experiment_id)

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from pipelines.errors import UserError
@@ -21,8 +20,10 @@ from sweeper.cli._common import (
     SetOpt,
     StorageOpt,
     TrackingOpt,
+    console,
     err_console,
     print_json,
+    print_runs_link,
     tokens,
     user_errors,
 )
@@ -156,6 +157,7 @@ def init(
         f"study {name!r} ready: {len(ctx.study.trials)} trials so far; MLflow experiment {ctx.tracker.experiment_id}, "
         f"parent run {ctx.parent_run_id}"
     )
+    print_runs_link(ctx.tracker.uri, ctx.tracker.experiment_id)
 
 
 def _pruning_note(objective: str) -> None:
@@ -273,7 +275,8 @@ def run_cmd(
 
 
 def _report(ctx: StudyContext, study: Any, plots: dict[str, str], *, json_: bool, **extra: Any) -> None:
-    """What a finished `study run` prints: the trials (JSON) and the best trial, or the Pareto front's size."""
+    """What a finished `study run` prints: the trials (JSON), or the best trial (the Pareto front's size), how to
+    replay it and where its runs are in MLflow, each on a line of its own (stderr)."""
     from sweeper.study import pareto_rows, trial_rows
 
     name, rows = ctx.opts.name, trial_rows(study)
@@ -282,20 +285,21 @@ def _report(ctx: StudyContext, study: Any, plots: dict[str, str], *, json_: bool
         if json_:
             print_json({"study": name, "trials": rows, "pareto": front, "plots": plots, **extra})
             return
-        err_console.print(
-            f"Pareto front: {len(front)} trial(s); see them with: sweeper study best {name}", highlight=False
-        )
-        return
-    best = max((r for r in rows if r["state"] == Outcome.COMPLETE.value), key=_row_value, default=None)
-    if json_:
-        print_json({"study": name, "trials": rows, "best": best, "plots": plots, **extra})
-        return
-    if best:
-        err_console.print(
-            f"best: trial {best['number']} {ctx.objective.value} accuracy {100 * best['value']:.2f}% "
-            f"(lr {best['lr']:.4g}); replay it with: sweeper replay --study {name}",
-            highlight=False,
-        )
+        err_console.print(f"Pareto front: {len(front)} trial(s)", highlight=False)
+        err_console.print(f"see them with: sweeper study best {name}", highlight=False, markup=False)
+    else:
+        best = max((r for r in rows if r["state"] == Outcome.COMPLETE.value), key=_row_value, default=None)
+        if json_:
+            print_json({"study": name, "trials": rows, "best": best, "plots": plots, **extra})
+            return
+        if best:
+            err_console.print(
+                f"best: trial {best['number']} {ctx.objective.value} accuracy {100 * best['value']:.2f}% "
+                f"(lr {best['lr']:.4g})",
+                highlight=False,
+            )
+            err_console.print(f"replay it with: sweeper replay --study {name}", highlight=False, markup=False)
+    print_runs_link(ctx.tracker.uri, ctx.tracker.experiment_id)
 
 
 def _row_value(row: dict[str, Any]) -> float:
@@ -388,7 +392,7 @@ def list_cmd(storage: StorageOpt = None, json_: JsonOpt = False) -> None:
         best = pct(s["best_value"]) if "pareto_trials" not in s else f"front of {s['pareto_trials']}"
         number = "" if s["best_trial"] is None else str(s["best_trial"])
         table.add_row(s["name"], str(s["trials"]), best, number, s["started"] or "")
-    Console().print(table)
+    console().print(table)
 
 
 @study_app.command("show")
@@ -405,7 +409,7 @@ def show(name: NameArg, storage: StorageOpt = None, json_: JsonOpt = False) -> N
         return
     view = LiveStudyView(name, space=study_space(study), objective=study_objective(study))
     view.show_rows(rows)
-    Console().print(view.table())
+    console().print(view.table())
 
 
 @study_app.command("best")
@@ -493,7 +497,7 @@ def _pareto(study: Any, *, min_accuracy: float | None, export: Path | None, json
             accuracy, cost = row["values"].values()
             epochs = [fmt(row["epochs"])] if epochs_column else []
             table.add_row(str(row["number"]), pct(accuracy), f"{cost:.4g}", *epochs, fmt(row["lr"], ".3g"))
-        Console().print(table)
+        console().print(table)
         return
     trial = cheapest_reaching(study, objective, min_accuracy)
     payload = pareto_row(trial, objective, study.user_attrs)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from pipelines.errors import UserError
@@ -19,6 +18,7 @@ from sweeper.cli._common import (
     OverridesArg,
     RichProgress,
     SetOpt,
+    console,
     err_console,
     print_json,
     resolve_cli_config,
@@ -182,7 +182,7 @@ def lr_find(
     table.add_column("lr", justify="right")
     for name, lr in result.suggestions.items():
         table.add_row(name, f"{lr:.4g}")
-    Console().print(table)
+    console().print(table)
     typer.echo(
         f"suggested max LR {_as_optim_lr(result.max_lr, cfg)}, min LR {result.min_lr:.4g}; plot: {result.plot}"
         + (f"; stopped early at lr {result.diverged_at:.3g} (loss diverged)" if result.diverged_at else "")
@@ -257,7 +257,7 @@ def _accuracy_range(cfg: Config, *, lrs: list[float], epochs: int, tracking_uri:
     for p in result.points:
         best = " (best)" if p.lr == result.suggested_lr else ""
         table.add_row(f"{p.lr:.4g}", f"{100 * p.accuracy:.2f}%{best}", p.status)
-    Console().print(table)
+    console().print(table)
     typer.echo(
         f"suggested max LR (optim.lr) {result.suggested_lr:.4g}; plot: {result.plot}"
     )  # the LRs tried are optim.lr
@@ -318,4 +318,4 @@ def model(
         table.add_row(r.name, r.kind, " x ".join(map(str, r.output_shape[1:])), f"{r.params:,}")
     table.add_section()
     table.add_row("total", "", "", f"{total:,}")
-    Console(width=140).print(table)
+    console(width=140).print(table)
