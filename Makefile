@@ -40,6 +40,6 @@ ui:
 		mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 # The compose stack run for real and checked (docs/stack.md): root, a Docker engine (started if none runs),
-# the Compose v2 plugin and about 25 GB of disk; builds local base images when no registry answers.
+# the Compose v2 plugin and about 15 GB of free disk; builds local base images when no registry answers.
 stack-test:
 	$(PY) scripts/stack_test.py $(STACK_ARGS)

@@ -1,6 +1,6 @@
 # Optuna Dashboard on the sweeper stack's PostgreSQL storage. Built by docker-compose.yml.
 # Build context: the repository root. PYTHON_BASE names another Debian-based Python image
-# (scripts/stack-test.sh passes a local stand-in where no registry is reachable).
+# (scripts/stack_test.py passes a local stand-in where no registry is reachable).
 ARG PYTHON_BASE=python:3.12.12-slim-bookworm
 FROM ${PYTHON_BASE}
 

@@ -1,7 +1,7 @@
 # The MLflow tracking server of the sweeper stack: PostgreSQL backend store, artifacts proxied to a
 # volume at /mlartifacts, basic auth (see docker/mlflow-entrypoint.sh). Built by docker-compose.yml.
 # Build context: the repository root. PYTHON_BASE names another Debian-based Python image
-# (scripts/stack-test.sh passes a local stand-in where no registry is reachable).
+# (scripts/stack_test.py passes a local stand-in where no registry is reachable).
 ARG PYTHON_BASE=python:3.12.12-slim-bookworm
 FROM ${PYTHON_BASE}
 

@@ -6,21 +6,22 @@
 # would show it; it reaches only the process that needs it (libpq reads PGPASSWORD, MLflow's client
 # MLFLOW_TRACKING_PASSWORD, docker/mlflow-entrypoint.sh the other two). A named list, not every *_FILE
 # variable: others, such as SSL_CERT_FILE, are paths to leave alone. A secret file is named after the
-# .env variable it comes from, so an empty one says which to set.
+# .env variable it comes from, so a missing or empty one says which to set.
 set -eu
 
 for name in PGPASSWORD MLFLOW_TRACKING_PASSWORD MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY; do
     eval "path=\${${name}_FILE:-}"
     [ -n "${path}" ] || continue
+    # compose writes no file at all for a variable that is set but empty (.env.example's state)
+    if [ ! -e "${path}" ] || [ ! -s "${path}" ]; then
+        echo "secrets-env: ${path} is missing or empty: set $(basename "${path}") in .env" >&2
+        exit 2
+    fi
     if [ ! -r "${path}" ]; then
-        echo "secrets-env: ${name}_FILE names ${path}, which cannot be read" >&2
+        echo "secrets-env: ${name}_FILE names ${path}, which this user ($(id -u)) cannot read" >&2
         exit 2
     fi
     value=$(cat "${path}")
-    if [ -z "${value}" ]; then
-        echo "secrets-env: ${path} is empty: set $(basename "${path}") in .env" >&2
-        exit 2
-    fi
     export "${name}=${value}"
     unset "${name}_FILE"
 done

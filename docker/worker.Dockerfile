@@ -5,7 +5,7 @@
 # Base: PyTorch 2.8.0 with CUDA 12.8 and cuDNN 9, Python 3.11 in /opt/conda, torch and torchvision
 # installed with pip (pytorch/pytorch's Dockerfile). CUDA 12.8 runs on Hopper (H100/H200) and older;
 # the host needs an NVIDIA driver for CUDA 12.x and the NVIDIA Container Toolkit. WORKER_BASE names
-# another image with Python >= 3.10 and torch + torchvision installed with pip (scripts/stack-test.sh
+# another image with Python >= 3.10 and torch + torchvision installed with pip (scripts/stack_test.py
 # passes a local stand-in where no registry is reachable).
 ARG WORKER_BASE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
 FROM ${WORKER_BASE}

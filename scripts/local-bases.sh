@@ -1,6 +1,6 @@
 #!/bin/sh
 # Build local stand-ins for the stack's base images, for a machine that reaches no image registry but
-# reaches a Debian mirror and PyPI (scripts/stack-test.sh calls this when `docker pull` fails):
+# reaches a Debian mirror and PyPI (scripts/stack_test.py calls this when `docker pull` fails):
 #
 #   sweeper-local/debian:bookworm      debootstrap --variant=minbase bookworm, imported
 #   sweeper-local/python:bookworm      for python:3.12.12-slim-bookworm   (Python 3.11 in a venv)

@@ -146,4 +146,9 @@ def test_dropped_database_connection_does_not_kill_the_worker(image_folder, pg_u
     assert rc == 0, log.read_text()[-3000:]
     assert killed >= 2, "the test never caught the worker's connection open"
     study = optuna.load_study(study_name="drops", storage=pg_url)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    # every trial ran to its end: complete, or diverged (recorded as pruned; the random sampler can draw an LR
+    # that blows up in 3 epochs), none failed or left running by a dropped connection
+    states = [t.state for t in study.trials]
+    assert len(states) == 4 and set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}, states
+    assert TrialState.COMPLETE in states
+    assert all(t.user_attrs.get("reason") == "diverged" for t in study.trials if t.state == TrialState.PRUNED)

@@ -17,16 +17,16 @@ user="${POSTGRES_USER:-postgres}"
 db="${POSTGRES_DB:-${user}}"
 
 if [ "${1:-}" = postgres ] && [ ! -s "${PGDATA}/PG_VERSION" ]; then
-    if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    password="${POSTGRES_PASSWORD:-}"
+    if [ -n "${POSTGRES_PASSWORD_FILE:-}" ] && [ -s "${POSTGRES_PASSWORD_FILE}" ]; then
         password=$(cat "${POSTGRES_PASSWORD_FILE}")
-    else
-        password="${POSTGRES_PASSWORD:-}"
     fi
     if [ -z "${password}" ]; then
-        echo "docker-entrypoint: set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE" >&2
+        echo "docker-entrypoint: superuser password is not specified: set POSTGRES_PASSWORD (or a non-empty POSTGRES_PASSWORD_FILE)" >&2
         exit 2
     fi
     pwfile=$(mktemp)
+    trap 'rm -f "${pwfile}"' EXIT
     printf '%s\n' "${password}" >"${pwfile}"
     initdb --username="${user}" --pwfile="${pwfile}" --auth-local=trust --auth-host=scram-sha-256 \
         --encoding=UTF8 -D "${PGDATA}" >/dev/null

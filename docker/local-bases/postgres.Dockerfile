@@ -6,6 +6,8 @@ ARG DEBIAN_BASE=sweeper-local/debian:bookworm
 FROM ${DEBIAN_BASE}
 
 # Debian's package creates a cluster of its own; the entrypoint makes one in PGDATA instead.
+# bookworm's packages as they are today, as a rebuilt official image would take them: no version pins.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends postgresql-15 gosu \
     && rm -rf /var/lib/apt/lists/* \

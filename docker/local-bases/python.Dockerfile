@@ -14,6 +14,8 @@ ENV PATH=/usr/local/python/bin:$PATH \
     REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
 # passwd gives groupadd/useradd, as in the official image.
+# bookworm's packages as they are today, as a rebuilt official image would take them: no version pins.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv passwd ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
