@@ -13,7 +13,7 @@ for name in PGPASSWORD MLFLOW_TRACKING_PASSWORD MLFLOW_AUTH_ADMIN_PASSWORD MLFLO
     eval "path=\${${name}_FILE:-}"
     [ -n "${path}" ] || continue
     # compose writes no file at all for a variable that is set but empty (.env.example's state)
-    if [ ! -e "${path}" ] || [ ! -s "${path}" ]; then
+    if [ ! -s "${path}" ]; then
         echo "secrets-env: ${path} is missing or empty: set $(basename "${path}") in .env" >&2
         exit 2
     fi

@@ -115,6 +115,11 @@ def run(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float
     return proc.stdout + (proc.stderr if not check else "")
 
 
+def basic_auth(password: str) -> str:
+    """The admin's HTTP basic-auth credentials, as the Authorization header carries them."""
+    return base64.b64encode(f"admin:{password}".encode()).decode()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -250,8 +255,7 @@ class Stack:
         data = json.dumps(post).encode() if post is not None else None
         request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
         if auth:
-            token = base64.b64encode(f"admin:{self.secrets['MLFLOW_ADMIN_PASSWORD']}".encode()).decode()
-            request.add_header("Authorization", f"Basic {token}")
+            request.add_header("Authorization", f"Basic {basic_auth(self.secrets['MLFLOW_ADMIN_PASSWORD'])}")
         with urllib.request.urlopen(request, timeout=30) as response:
             body = response.read()
         return body if raw else json.loads(body)
@@ -289,21 +293,30 @@ def check_study(report: Report, stack: Stack) -> list[dict[str, Any]]:
 
 
 def check_mlflow(report: Report, stack: Stack, hosts: list[str], trials: int) -> str:
-    """The server's view of the study; returns the experiment's id."""
+    """The server's view of the study: login, runs, an artifact; returns the experiment's id."""
     try:
         stack.mlflow("/api/2.0/mlflow/experiments/get-by-name", {"experiment_name": STUDY}, auth=False)
         status = 200
     except urllib.error.HTTPError as err:
         status = err.code
     report.check("MLflow refuses requests without credentials", status == 401, f"HTTP {status}")
-    experiment = stack.mlflow("/api/2.0/mlflow/experiments/get-by-name", {"experiment_name": STUDY})["experiment"]
-    search = {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000}
+    found = stack.mlflow("/api/2.0/mlflow/experiments/get-by-name", {"experiment_name": STUDY})
+    experiment_id = str(found["experiment"]["experiment_id"])
+    trial_runs = check_runs(report, stack, experiment_id, hosts, trials)
+    if trial_runs:
+        check_artifact(report, stack, experiment_id, trial_runs[0])
+    return experiment_id
+
+
+def check_runs(report: Report, stack: Stack, experiment_id: str, hosts: list[str], trials: int) -> list[str]:
+    """The parent run and the trial runs nested under it, with metrics, from both workers; the trial runs' ids."""
+    search = {"experiment_ids": [experiment_id], "max_results": 1000}
     runs = stack.mlflow("/api/2.0/mlflow/runs/search", post=search).get("runs", [])
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
     parents = [r for r, t in zip(runs, tags, strict=True) if t.get("sweeper.role") == "study"]
     report.check("MLflow has the study's parent run", len(parents) == 1, f"{len(parents)} parent runs")
     if not parents:
-        return str(experiment["experiment_id"])
+        return []
     parent_id = parents[0]["info"]["run_id"]
     children = [(r, t) for r, t in zip(runs, tags, strict=True) if t.get("mlflow.parentRunId") == parent_id]
     report.check("every trial run is nested under it", len(children) == trials, f"{len(children)} of {trials}")
@@ -313,21 +326,19 @@ def check_mlflow(report: Report, stack: Stack, hosts: list[str], trials: int) ->
     report.check(
         "both workers ran trials", ran_on == set(hosts), f"trial hosts {sorted(map(str, ran_on))}, workers {hosts}"
     )
-    if not children:
-        return str(experiment["experiment_id"])
-    run_id = children[0][0]["info"]["run_id"]
+    return [r["info"]["run_id"] for r, _ in children]
+
+
+def check_artifact(report: Report, stack: Stack, experiment_id: str, run_id: str) -> None:
+    """A trial's picture, read back through the server's artifact proxy."""
+    name = "a trial's artifacts read back through the proxy"
     picture = find_artifact(stack, run_id, "", ".png")
     if picture is None:
-        report.check("a trial's artifacts read back through the proxy", False, "no .png among its artifacts")
-        return str(experiment["experiment_id"])
-    path = f"/api/2.0/mlflow-artifacts/artifacts/{experiment['experiment_id']}/{run_id}/artifacts/{picture}"
+        report.check(name, False, "no .png among its artifacts")
+        return
+    path = f"/api/2.0/mlflow-artifacts/artifacts/{experiment_id}/{run_id}/artifacts/{picture}"
     body = stack.mlflow(urllib.parse.quote(path), raw=True)
-    report.check(
-        "a trial's artifacts read back through the proxy",
-        body[:8] == b"\x89PNG\r\n\x1a\n",
-        f"{picture}: {len(body)} bytes",
-    )
-    return str(experiment["experiment_id"])
+    report.check(name, body[:8] == b"\x89PNG\r\n\x1a\n", f"{picture}: {len(body)} bytes")
 
 
 def find_artifact(stack: Stack, run_id: str, path: str, suffix: str) -> str | None:
@@ -411,8 +422,8 @@ def check_no_secret_shown(report: Report, stack: Stack, extra_output: str) -> No
         "docker inspect": json.dumps(stack.inspect([r["ID"] for r in rows])),
         "the logs": stack.compose("logs", "--no-color", "--timestamps") + extra_output,
     }
-    basic_auth = base64.b64encode(f"admin:{stack.secrets['MLFLOW_ADMIN_PASSWORD']}".encode()).decode()
-    forms = {**stack.secrets, "MLFLOW_ADMIN_PASSWORD (as a basic-auth header)": basic_auth}
+    header = basic_auth(stack.secrets["MLFLOW_ADMIN_PASSWORD"])
+    forms = {**stack.secrets, "MLFLOW_ADMIN_PASSWORD (as a basic-auth header)": header}
     for where, text in texts.items():
         shown = [name for name, value in forms.items() if value in text]
         report.check(

@@ -80,12 +80,10 @@ def runs_link(tracking_uri: str, experiment_id: str) -> RunsLink | None:
     database URL) is seen through `mlflow ui` at :data:`MLFLOW_UI`. None for a store no `mlflow ui` can open
     (Databricks)."""
     parts = urlsplit(tracking_uri)
-    browser_base = os.environ.get(UI_ENV, "").strip()
-    if browser_base and parts.scheme in ("http", "https"):
-        return RunsLink(f"{browser_base.rstrip('/')}/{runs_view(experiment_id)}")
     if parts.scheme in ("http", "https"):
-        host = parts.netloc.rpartition("@")[2]
-        return RunsLink(f"{parts.scheme}://{host}{parts.path.rstrip('/')}/{runs_view(experiment_id)}")
+        own = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"  # no user info
+        base = os.environ.get(UI_ENV, "").strip() or own
+        return RunsLink(f"{base.rstrip('/')}/{runs_view(experiment_id)}")
     if tracking_uri.startswith(("databricks", "uc:")):  # "databricks", "databricks://profile", "databricks-uc"
         return None
     serve = f"mlflow ui --backend-store-uri {shlex.quote(mask_url(tracking_uri))}"
