@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class UserError(Exception):
     """A problem the user can fix (bad config, bad data, bad paths); its message is one line naming the culprit and
@@ -25,3 +27,15 @@ def one_line(err: BaseException, *, limit: int | None = None, with_type: bool = 
     kind = type(err).__name__
     text = (f"{kind}: {message}" if with_type else message) if message else kind
     return text if limit is None else text[:limit]
+
+
+def chain(err: BaseException) -> Iterator[BaseException]:
+    """``err``, then what caused it (``__cause__``, else ``__context__``), and so on: the one walk over an
+    exception chain (a database driver's error sits a few links under SQLAlchemy's and Optuna's). Stops at a
+    cycle."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
