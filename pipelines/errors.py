@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 
 
@@ -39,3 +40,19 @@ def chain(err: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
+
+
+FULL_MARKERS = ("database or disk is full",)  # SQLite's words for ENOSPC
+
+
+def out_of_space(err: BaseException) -> str | None:
+    """When ``err`` (or what caused it) is a full disk, one line saying so and naming the file; else None."""
+    for seen in chain(err):
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f": {seen.filename}" if seen.filename else ""
+            return f"no space left on the device{where}; free space and run the command again"
+        if isinstance(seen, UserError) and "No space left on device" in str(seen):
+            return f"{seen}; free space and run the command again"
+        if any(marker in str(seen) for marker in FULL_MARKERS):
+            return "the database or disk is full (SQLite); free space and run the command again"
+    return None

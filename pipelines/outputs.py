@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from torch import nn
 from pipelines import plots
 from pipelines.callbacks import Callback
 from pipelines.config import Config
+from pipelines.paths import atomic_path, write_text
 from pipelines.result import Result
 from pipelines.reuse import DeviceSet
 
@@ -25,7 +27,8 @@ def write(
     momenta: tuple[float, ...],
     cb: Callback,
 ) -> dict[str, Path]:
-    """Write the run's files into train.out_dir, each reported to ``cb.on_artifact``; name -> path of each.
+    """Write the run's files into train.out_dir, each whole or not at all (a full disk raises UserError naming the
+    file, leaving no half-written one), each reported to ``cb.on_artifact``; name -> path of each.
 
     config.yaml (the resolved config), metrics.json (summary, parameter count, peak LR, per-epoch history and
     every step's LR), model.pt
@@ -33,15 +36,13 @@ def write(
     (when ``test_predictions``, int64 (N,) on the test set's device, is given).
     """
     out = Path(config.train.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
 
     def emit(name: str, path: Path) -> None:
         written[name] = path
         cb.on_artifact(path, name)
 
-    (out / "config.yaml").write_text(config.to_yaml())
-    emit("config.yaml", out / "config.yaml")
+    emit("config.yaml", write_text(out / "config.yaml", config.to_yaml()))
     metrics = {
         "summary": result.summary(),
         "params": result.params,
@@ -51,13 +52,13 @@ def write(
         # every step's LR as used, up to where the run stopped (plateau's cuts included): `sweeper plot schedule --run`
         "lrs": list(result.lrs[: len(result.history) * result.steps_per_epoch]),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    emit("metrics.json", out / "metrics.json")
+    emit("metrics.json", write_text(out / "metrics.json", json.dumps(metrics, indent=2)))
     if config.train.save_model:
-        torch.save(
-            {"state_dict": model.state_dict(), "config": config.to_dict(), "classes": list(result.classes)},
-            out / "model.pt",
-        )
+        weights = io.BytesIO()  # serialised in memory: torch's writer reports a full disk as a RuntimeError
+        torch.save({"state_dict": model.state_dict(), "config": config.to_dict(), "classes": list(result.classes)},
+                   weights)  # fmt: skip
+        with atomic_path(out / "model.pt") as tmp:
+            tmp.write_bytes(weights.getbuffer())
         emit("model.pt", out / "model.pt")
     emit(
         "plots/lr_schedule.png",

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipelines.callbacks import EpochMetrics
 from pipelines.errors import UserError
+from pipelines.paths import atomic_path
 
 DPI = 110
 
@@ -168,13 +169,11 @@ def plot_accuracy_range(
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    path = Path(path)
+    """Write ``fig`` to ``path`` whole or not at all (a full disk: UserError naming it), then close it."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fig.tight_layout()
-        fig.savefig(path, dpi=DPI)
-    except OSError as err:  # checked before the work, yet a disk fills up, a mount goes away
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from err
+        with atomic_path(Path(path)) as tmp:
+            fig.savefig(tmp, dpi=DPI)
     finally:
         plt.close(fig)
-    return path
+    return Path(path)

@@ -53,13 +53,6 @@ def load_study(storage_url: str | None, name: str) -> optuna.Study:
         raise UserError(f"no study {name!r} in {mask_url(url)} (studies: {names})") from err
 
 
-def record_synced_run_ids(storage_url: str | None, name: str, run_ids: Mapping[str, str]) -> None:
-    """Remember which real MLflow run each pending id became (see ``records.run_id``)."""
-    study = load_study(storage_url, name)
-    known = dict(study.user_attrs.get(records.SYNCED_RUN_IDS, {}))
-    study.set_user_attr(records.SYNCED_RUN_IDS, {**known, **run_ids})
-
-
 def is_multi_objective(study: optuna.Study) -> bool:
     return len(study.directions) > 1
 

@@ -8,6 +8,7 @@ sync maps to the real one.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from pipelines.errors import UserError
+from pipelines.paths import write_text
 from sweeper.records import PARENT_TAG
 from sweeper.retry import RETRY_DELAYS, retrying
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 OFFLINE_SECONDS = 30.0  # after a call is spooled, spool everything for this long before trying the server again
 PENDING = "pending-"  # run ids made up locally while MLflow was down; sync replaces them
 SYNCING = ".syncing"  # a spool file being uploaded: renamed first, so a live writer starts a fresh file
+DAMAGED = "damaged.jsonl"  # lines sync could not read, kept aside (not sent, not deleted)
 
 
 def apply_op(client: MlflowClient, op: Mapping[str, Any], run_ids: Mapping[str, str] | None = None) -> str | None:
@@ -88,6 +91,9 @@ class LogQueue:
         self.delays = tuple(delays)
         self.spool_file = spool_dir / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}.jsonl"
         self.spooled = 0
+        self.lost = 0  # operations neither sent nor spooled (the spool's disk was full)
+        self.failure: UserError | None = None
+        self._failure_raised = False
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
         self._spooled_runs: set[str] = set()
         self._offline_until = 0.0
@@ -98,8 +104,12 @@ class LogQueue:
         self._queue.put(op)
 
     def flush(self) -> None:
-        """Block until every submitted operation was sent or spooled."""
+        """Block until every submitted operation was sent or spooled; UserError (once) when some could be neither
+        (the spool's disk is full)."""
         self._queue.join()
+        if self.failure is not None and not self._failure_raised:
+            self._failure_raised = True
+            raise self.failure
 
     def _loop(self) -> None:
         while True:
@@ -127,34 +137,75 @@ class LogQueue:
             self._spool(op)
 
     def _spool(self, op: dict[str, Any]) -> None:
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        if op["op"] == "artifact":
-            keep = self.spool_dir / "files" / uuid.uuid4().hex
-            keep.mkdir(parents=True)
-            op = {**op, "path": str(shutil.copy2(op["path"], keep / Path(op["path"]).name))}
-        with open(self.spool_file, "a") as f:
-            f.write(json.dumps(op) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            if op["op"] == "artifact":
+                op = {**op, "path": str(_keep_copy(Path(op["path"]), self.spool_dir / "files" / uuid.uuid4().hex))}
+            append_line(self.spool_file, json.dumps(op))
+        except OSError as err:  # a full disk: the operation is lost; the command stops at its next flush
+            if self.failure is None:
+                log.error("cannot spool to %s (%s): MLflow operations are being lost", self.spool_dir, err.strerror)
+                self.failure = UserError(
+                    f"cannot write the MLflow spool {self.spool_file}: {err.strerror or err}; "
+                    "free space and run the command again (the study resumes where it stopped)"
+                )
+            self.lost += 1
+            return
         self._spooled_runs.add(op["run_id"])
         self.spooled += 1
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` and a newline to ``path`` whole or not at all: a write cut short (a full disk) is undone,
+    so a reader never sees half a line; then on disk (fsync). OSError when it could not be written."""
+    data = (line + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _keep_copy(path: Path, folder: Path) -> Path:
+    """A copy of ``path`` in ``folder`` (made here), whole or not at all."""
+    try:
+        folder.mkdir(parents=True)
+        return Path(shutil.copy2(path, folder / path.name))
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def sync_spool(client: MlflowClient, spool_dir: Path) -> dict[str, Any]:
     """Replay every spooled operation in order; remove what was sent. Raises UserError if MLflow is still down.
     Returns the operations sent, those MLflow rejected (``skipped``), the files, and the runs created (``run_ids``:
-    pending id -> real id).
+    pending id -> real id), and the ``damaged`` lines set aside.
 
     Each file is renamed before it is read, so a study still running (appending to its spool) loses nothing;
     pending run ids made while offline are mapped to the runs created here, across files and across syncs
-    (ops left behind are rewritten with the real ids). Ops MLflow rejects outright are skipped and counted.
+    (ops left behind are rewritten with the real ids). Ops MLflow rejects outright are skipped and counted. A line
+    that is not a whole operation (a disk that filled up mid-write, before lines were written whole) is kept
+    aside in ``damaged.jsonl``, with one warning per file; the rest is sent.
     """
-    sent = skipped = files = 0
+    sent = skipped = files = damaged = 0
     run_ids: dict[str, str] = {}
     for path in sorted(spool_dir.glob("*.jsonl")):
-        path.rename(path.with_name(path.name + SYNCING))
+        if path.name != DAMAGED:
+            path.rename(path.with_name(path.name + SYNCING))
     for path in sorted(spool_dir.glob("*" + SYNCING)):
-        ops = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        ops, bad = _read_ops(path)
+        if bad:
+            for line in bad:
+                append_line(spool_dir / DAMAGED, line)
+            log.warning("%s: %d damaged line(s) kept aside in %s", path, len(bad), spool_dir / DAMAGED)
+            damaged += len(bad)
         for i, op in enumerate(ops):
             try:
                 created = apply_op(client, op, run_ids)
@@ -166,9 +217,7 @@ def sync_spool(client: MlflowClient, spool_dir: Path) -> dict[str, Any]:
                 remaining = [
                     {**o, "run_id": run_ids.get(o["run_id"], o["run_id"])} | _mapped_create(o, run_ids) for o in ops[i:]
                 ]
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text("".join(json.dumps(o) + "\n" for o in remaining))
-                tmp.replace(path)
+                write_text(path, "".join(json.dumps(o) + "\n" for o in remaining))
                 raise UserError(
                     f"MLflow still unreachable ({type(err).__name__}); {sent} operations sent, "
                     f"{len(remaining)} left in {path}"
@@ -181,7 +230,25 @@ def sync_spool(client: MlflowClient, spool_dir: Path) -> dict[str, Any]:
     if (spool_dir / "files").exists() and not any(spool_dir.glob("*.jsonl")) and not any(spool_dir.glob("*" + SYNCING)):
         shutil.rmtree(spool_dir / "files")
     created = {pending: real for pending, real in run_ids.items() if pending.startswith(PENDING)}
-    return {"operations": sent, "skipped": skipped, "files": files, "run_ids": created}
+    return {"operations": sent, "skipped": skipped, "files": files, "run_ids": created, "damaged": damaged}
+
+
+def _read_ops(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The whole operations of a spool file, in order, and the lines that are not one."""
+    ops, bad = [], []
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            op = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(line)
+            continue
+        if isinstance(op, dict) and isinstance(op.get("op"), str) and isinstance(op.get("run_id"), str):
+            ops.append(op)
+        else:
+            bad.append(line)
+    return ops, bad
 
 
 def _mapped_create(op: Mapping[str, Any], run_ids: Mapping[str, str]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pipelines.config import Config
 from pipelines.data import Splits, SplitsCache
 from pipelines.errors import UserError, one_line
 from pipelines.lr_finder import lr_range_test
+from pipelines.paths import check_name, write_text
 from pipelines.reuse import RunCache
 from pipelines.train import check_data
 from sweeper import records, study_plots
@@ -58,10 +59,7 @@ class StudyOptions:
     runs_dir: str = "runs"
 
     def __post_init__(self) -> None:
-        if not self.name or any(c in self.name for c in "/'\"`\\") or self.name.strip() != self.name:
-            raise UserError(
-                f"study name {self.name!r} must be non-empty, without quotes, slashes or surrounding spaces"
-            )
+        check_name(self.name, what="study name")  # it names folders (runs/<name>/...) and the MLflow experiment
 
     def resolved(self, recorded: Mapping[str, Any]) -> StudyOptions:
         """Unset choices from the study's record (so workers follow `study init`), else the defaults."""
@@ -324,8 +322,7 @@ def finish_study(ctx: StudyContext, *, out_dir: Path) -> dict[str, Path]:
     if ctx.objective.multi:
         front = pareto_rows(study, ctx.objective)
         ctx.tracker.set_tags(ctx.parent_run_id, {records.PARETO_TAG: ",".join(str(r["number"]) for r in front)})
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "pareto.json").write_text(json.dumps({"objectives": ctx.objective.keys, "pareto": front}, indent=2))
+        write_text(out_dir / "pareto.json", json.dumps({"objectives": ctx.objective.keys, "pareto": front}, indent=2))
         ctx.tracker.log_artifact(ctx.parent_run_id, out_dir / "pareto.json")
     else:
         best = study.best_trial

@@ -29,6 +29,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from pipelines.paths import atomic_path
 from sweeper import records
 from sweeper.objective import Objective
 
@@ -40,7 +41,6 @@ PANEL_INCHES = (3.6, 3.0)  # width, height of one panel: 9-point labels stay apa
 
 def write_study_plots(study: optuna.Study, out_dir: Path, *, objective: Objective) -> dict[str, Path]:
     """The figures for ``study`` into ``out_dir``; name -> path of each written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     draw: dict[str, Callable[[], plt.Figure]] = {}
     if objective.multi:
@@ -63,8 +63,11 @@ def write_study_plots(study: optuna.Study, out_dir: Path, *, objective: Objectiv
             log.warning("skipped %s: %s", name, err)
             continue
         path = out_dir / name
-        fig.savefig(path, dpi=DPI)
-        plt.close(fig)
+        try:
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=DPI)
+        finally:
+            plt.close(fig)
         written[name] = path
     return written
 

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipelines.callbacks import Callback, EpochMetrics
 from pipelines.config import Config
 from pipelines.data import Splits, SplitsCache
-from pipelines.errors import UserError, chain, one_line
+from pipelines.errors import UserError, chain, one_line, out_of_space
 from pipelines.reuse import RunCache
 from pipelines.train import run
 from sweeper import interrupts, outcome, records
@@ -97,6 +97,7 @@ class TrialRunner:
     data: SplitsCache = field(default_factory=SplitsCache)
     _open: dict[int, _Open] = field(default_factory=dict)
     _failures: int = 0
+    _fatal: UserError | None = None  # what stops the study after the running trial (a full disk)
 
     def splits(self, config: Config) -> Splits:
         return self.data.get(config.data)
@@ -131,10 +132,13 @@ class TrialRunner:
         except UserError as err:  # e.g. a drawn batch size larger than the data: one line, no traceback
             trial.set_user_attr(records.REASON, one_line(err, limit=500))
             log.warning("trial %d failed: %s", trial.number, err)
+            self._stop_if_out_of_space(err)
             raise
         except Exception as err:
             trial.set_user_attr(records.REASON, one_line(err, with_type=True, limit=500))
-            log.exception("trial %d failed", trial.number)
+            self._stop_if_out_of_space(err)
+            if self._fatal is None:
+                log.exception("trial %d failed", trial.number)
             raise
         trial.set_user_attr(records.TEST_ACCURACY, result.test_accuracy)
         trial.set_user_attr(records.TRAIN_SECONDS, result.seconds)
@@ -147,6 +151,12 @@ class TrialRunner:
             trial.set_user_attr(records.REASON, result.reason or Outcome.PRUNED.value)
             raise optuna.TrialPruned(result.reason)
         return objective_values(ctx.objective, result)
+
+    def _stop_if_out_of_space(self, err: BaseException) -> None:
+        """A full disk fails every trial after this one too: the study stops once this trial is recorded."""
+        full = out_of_space(err)
+        if full is not None and self._fatal is None:
+            self._fatal = UserError(full)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna calls this after the trial's state is in the storage: now end its MLflow run."""
@@ -168,7 +178,9 @@ class TrialRunner:
         )  # fmt: skip
         self.observer.on_trial(trial, front=front)
         self._failures = self._failures + 1 if trial.state == TrialState.FAIL else 0
-        if self._failures >= MAX_CONSECUTIVE_FAILURES:
+        if self._fatal is not None:
+            study.stop()
+        elif self._failures >= MAX_CONSECUTIVE_FAILURES:
             log.error("%d trials failed in a row; stopping the study", self._failures)
             study.stop()
         interrupts.check()  # a Ctrl-C that came during Optuna's calls (or that Python dropped) stops the study here
@@ -193,6 +205,8 @@ class TrialRunner:
             if real is not err:
                 raise real from None
             raise
+        if self._fatal is not None:
+            raise self._fatal
         if self._failures >= MAX_CONSECUTIVE_FAILURES:
             last = study.trials[-1].user_attrs.get(records.REASON, "unknown error")
             raise UserError(f"{self._failures} trials failed in a row (last: {last}); see the log above")

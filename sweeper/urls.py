@@ -16,6 +16,7 @@ MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default (its 
 # The UI's address for a browser where the tracking URI is not one (a container reaching `http://mlflow:5000`
 # by its service name): docker-compose.yml sets it to the published port.
 UI_ENV = "SWEEPER_MLFLOW_UI"
+MASK = "***"  # what a password becomes
 
 
 # The password of a URL in free text (or of one missing the colon after its scheme): from the ":" after the user
@@ -31,7 +32,7 @@ def mask_url(text: str) -> str:
     The one masking function: a URL's userinfo password (``user:***@``) and a ``password=`` query parameter.
     A raw ``@`` inside a password splits it where every URL parser splits (see :func:`check_password`).
     """
-    return QUERY_PASSWORD.sub(r"\g<head>***", USERINFO.sub(r"\g<head>***@", text))
+    return QUERY_PASSWORD.sub(rf"\g<head>{MASK}", USERINFO.sub(rf"\g<head>{MASK}@", text))
 
 
 def check_password(url: str, *, what: str) -> None:

@@ -5,9 +5,12 @@ Any format Pillow reads; every image is converted to RGB and all must share one 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -108,8 +111,27 @@ def _class_files(tree: Tree, split_dir: str) -> dict[str, list[str]]:
     return {name: sorted(files) for name, files in classes.items()}
 
 
+MAX_BUDGET_BYTES = 16 * 2**30  # the decoded set may take at most this much memory (uint8), and at most half the
+# machine's: CIFAR-10 takes 184 MB; an ImageFolder of large photos is refused before any allocation, with the key
+# that resizes it (data.image_size), rather than swapping or dying in numpy
+
+
+def decoded_budget() -> int:
+    """Bytes the decoded images (uint8, every split) may take: half this machine's memory, at most 16 GiB."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that says
+        return MAX_BUDGET_BYTES
+    return min(MAX_BUDGET_BYTES, memory // 2)
+
+
 class _Decoder:
-    """Decodes files of a tree to one shared image size, reporting progress across calls."""
+    """Decodes files of a tree to one shared image size, reporting progress across calls.
+
+    Each image's size is read from its header before its pixels are decoded: a set that would not fit the memory
+    budget, an image of another size, or one past Pillow's decompression-bomb limit is refused in one line before
+    anything is allocated for it.
+    """
 
     def __init__(self, tree: Tree, total: int, progress: Progress | None, *, size: int | None = None) -> None:
         self.tree, self.total, self.progress, self.size = tree, total, progress, size
@@ -120,24 +142,40 @@ class _Decoder:
         images: np.ndarray | None = None
         labels = np.array([label for _, label in files], dtype=np.int64)
         for i, (rel, _) in enumerate(files):
-            image = _decode_image(self.tree.read(rel), self.tree.where(rel), size=self.size)
-            if self.first is None:
-                self.first = (rel, image.shape)
-            elif image.shape != self.first[1]:
-                (h, w), (fh, fw) = image.shape[:2], self.first[1][:2]
-                raise UserError(
-                    f"{self.tree.where(rel)} is {w}x{h} but {self.tree.where(self.first[0])} is {fw}x{fh}: "
-                    "all images must have the same size: set data.image_size (e.g. data.image_size=32) to resize them"
-                )
+            where = self.tree.where(rel)
+            with _opened(self.tree.read(rel), where) as image:
+                shape = (self.size, self.size, 3) if self.size is not None else (image.height, image.width, 3)
+                self._check_shape(rel, shape)
+                pixels = _pixels(image, where, size=self.size)
             if images is None:
-                images = np.empty((len(files), *image.shape), dtype=np.uint8)
-            images[i] = image
+                images = np.empty((len(files), *shape), dtype=np.uint8)
+            images[i] = pixels
             self.done += 1
             if self.progress is not None and (self.done % PROGRESS_EVERY == 0 or self.done == self.total):
                 self.progress(self.done, self.total)
         if images is None:
             images = np.empty((0, *(self.first[1] if self.first else (0, 0, 3))), dtype=np.uint8)
         return ImageSet(images, labels)
+
+    def _check_shape(self, rel: str, shape: tuple[int, int, int]) -> None:
+        """The first image fixes the size (and must leave the whole set within the budget); the rest match it."""
+        if self.first is None:
+            needed, budget = self.total * int(np.prod(shape)), decoded_budget()
+            if needed > budget:
+                h, w = shape[:2]
+                raise UserError(
+                    f"the {self.total:,} images would take {needed / 2**30:.1f} GiB decoded ({w}x{h} RGB, like "
+                    f"{self.tree.where(rel)}): more than the memory budget of {budget / 2**30:.1f} GiB (half this "
+                    f"machine's memory, at most {MAX_BUDGET_BYTES // 2**30} GiB); set data.image_size (e.g. "
+                    "data.image_size=32) to resize them"
+                )
+            self.first = (rel, shape)
+        elif shape != self.first[1]:
+            (h, w), (fh, fw) = shape[:2], self.first[1][:2]
+            raise UserError(
+                f"{self.tree.where(rel)} is {w}x{h} but {self.tree.where(self.first[0])} is {fw}x{fh}: "
+                "all images must have the same size: set data.image_size (e.g. data.image_size=32) to resize them"
+            )
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:
@@ -153,16 +191,35 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 
 
-def _decode_image(data: bytes, where: str, *, size: int | None = None) -> np.ndarray:
-    """One image file's bytes as uint8 (H, W, 3) RGB (grayscale and palette images expanded), resized to
-    ``size`` x ``size`` when given."""
+@contextlib.contextmanager
+def _opened(data: bytes, where: str) -> Iterator[Image.Image]:
+    """The image in ``data``, its header read and its pixels not yet decoded; UserError naming ``where`` when
+    Pillow cannot read it or it is past Pillow's decompression-bomb limit (its warning is a refusal here)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            rgb = _to_8_bit(image).convert("RGB")
-            if size is not None and rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
-            return np.asarray(rgb)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        limit = Image.MAX_IMAGE_PIXELS or 0
+        raise UserError(
+            f"{where} is larger than Pillow's decompression-bomb limit ({limit / 1e6:.0f} megapixels): refused "
+            f"before decoding ({one_line(err)})"
+        ) from err
     except UnidentifiedImageError as err:
         raise UserError(f"{where} is not a readable image (unknown or damaged format)") from err
-    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError ...
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError ...
+        raise UserError(f"{where} is not a readable image ({one_line(err)})") from err
+    with image:
+        yield image
+
+
+def _pixels(image: Image.Image, where: str, *, size: int | None = None) -> np.ndarray:
+    """An opened image's pixels as uint8 (H, W, 3) RGB (grayscale and palette images expanded), resized to
+    ``size`` x ``size`` when given."""
+    try:
+        rgb = _to_8_bit(image).convert("RGB")
+        if size is not None and rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
+        return np.asarray(rgb)
+    except Exception as err:  # a damaged file shows only when its pixels are read: OSError, SyntaxError ...
         raise UserError(f"{where} is not a readable image ({one_line(err)})") from err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import lzma
 import os
+import stat
 import tarfile
 import zipfile
 import zlib
@@ -132,13 +133,20 @@ def _zip_tree(path: Path) -> Tree:
                 continue
             if info.is_dir():
                 tree.add_dir(rel)
-            else:
+            elif _zip_regular_file(info):  # links and special files are skipped, as a tar's are
                 tree.add_file(rel)
                 tree.zip_names[rel] = info.filename
     except (OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError) as err:
         tree.close()
         raise UserError(f"{path} is a corrupt or unreadable archive ({one_line(err)})") from err
     return tree
+
+
+def _zip_regular_file(info: zipfile.ZipInfo) -> bool:
+    """Whether a zip entry is a regular file: its Unix mode (the high 16 bits of external_attr, when the archive
+    was made on Unix) says file, or says nothing (a zip made elsewhere)."""
+    mode = info.external_attr >> 16
+    return mode == 0 or stat.S_ISREG(mode)
 
 
 def _tar_tree(path: Path, wanted: Callable[[str], bool]) -> Tree:

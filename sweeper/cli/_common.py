@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pipelines.callbacks import Callback, EpochMetrics
 from pipelines.config import Config
-from pipelines.errors import UserError
+from pipelines.errors import UserError, out_of_space
 from sweeper.overrides import resolve_config
 from sweeper.urls import mask_url
 
@@ -126,19 +126,27 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 
 
 def user_errors(func: F) -> F:
-    """Print a UserError as one ``error: ...`` line on stderr and exit 2; Ctrl-C/SIGTERM (already recorded by
-    the code below as an interrupted trial) exits 130; anything else keeps its traceback."""
+    """Print a UserError, or a full disk wherever it struck, as one ``error: ...`` line on stderr and exit 2;
+    Ctrl-C/SIGTERM (already recorded by the code below as an interrupted trial) exits 130; anything else keeps
+    its traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except UserError as err:
-            err_console.print(f"[bold red]error:[/] {escape(mask_url(str(err)))}", highlight=False, soft_wrap=True)
+            message = out_of_space(err) or str(err)
+            err_console.print(f"[bold red]error:[/] {escape(mask_url(message))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as err:
+            full = out_of_space(err)  # a full disk is the user's to fix, wherever it struck: one line too
+            if full is None:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(mask_url(full))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -31,7 +31,6 @@ from sweeper.cli.live import LiveStudyView, pct
 from sweeper.objective import Objective
 from sweeper.outcome import Outcome
 from sweeper.samplers import PrunerName, SamplerName
-from sweeper.urls import mask_url
 
 if TYPE_CHECKING:
     from pipelines.config import Config
@@ -349,31 +348,27 @@ def sync(
 ) -> None:
     """Upload what was spooled while MLflow was unreachable (runs/NAME/spool), in order, then remove it.
 
-    Trials whose MLflow run was created by the sync get its id recorded in the study (the --storage it ran on).
+    It goes to --tracking-uri, else $MLFLOW_TRACKING_URI, else the tracking URI the study recorded (read from
+    --storage). Trials whose MLflow run was created by the sync get its id recorded in the study; the runs of
+    trials that finished meanwhile but still show RUNNING in MLflow are ended as their trials ended. Lines of
+    the spool that are not whole operations are kept aside in spool/damaged.jsonl, with a warning.
     """
-    from sweeper.queries import record_synced_run_ids
-    from sweeper.spool import sync_spool
-    from sweeper.tracking import Tracker
+    from sweeper.sync import sync_study
 
-    spool = runs_dir / name / "spool"
-    if not spool.exists():
-        raise UserError(f"nothing to sync: no spool at {spool}")
-    tracker = Tracker(tracking_uri, name, spool_dir=spool)
-    done = sync_spool(tracker.client, spool)
-    unrecorded = None
-    if done["run_ids"]:
-        try:
-            record_synced_run_ids(storage, name, done["run_ids"])
-        except UserError as err:  # MLflow has everything; only the study's pointers to it are missing
-            unrecorded = str(err)
+    report = sync_study(name, storage=storage, tracking_uri=tracking_uri, runs_dir=runs_dir)
+    done = report.spooled
     if json_:
-        print_json({**done, "run_ids_recorded": unrecorded is None})
+        print_json({**done, "run_ids_recorded": report.unrecorded is None, "ended_runs": report.ended_runs})
         return
-    typer.echo(f"synced {done['operations']} operations from {done['files']} spool files to {mask_url(tracker.uri)}")
+    typer.echo(f"synced {done['operations']} operations from {done['files']} spool files to {report.tracking_uri}")
     if done["skipped"]:
         typer.echo(f"{done['skipped']} operations were rejected by MLflow and skipped: see the warnings above")
-    if unrecorded:
-        typer.echo(f"the new runs' ids were not recorded in the study ({unrecorded}); pass --storage")
+    if done["damaged"]:
+        typer.echo(f"{done['damaged']} damaged spool lines were kept aside in {runs_dir / name / 'spool'}")
+    if report.ended_runs:
+        typer.echo(f"ended {len(report.ended_runs)} runs of finished trials that MLflow still showed running")
+    if report.unrecorded and done["run_ids"]:
+        typer.echo(f"the new runs' ids were not recorded in the study ({report.unrecorded}); pass --storage")
 
 
 @study_app.command("list")
