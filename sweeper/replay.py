@@ -11,7 +11,8 @@ from typing import Any
 from pipelines.callbacks import Callback
 from pipelines.config import Config
 from pipelines.data import Splits, load_splits
-from pipelines.errors import one_line
+from pipelines.errors import UserError, one_line
+from pipelines.paths import check_name
 from pipelines.result import Result
 from pipelines.reuse import RunCache
 from pipelines.train import check_data, check_outputs, run
@@ -121,7 +122,16 @@ def _source(
         )
         return resolve_config(None, tokens, extra=extra, base=base), source
     assert config_file is not None, "a replay needs a study or a config file"
-    return resolve_config(config_file, tokens, extra=extra), ReplaySource(label=config_file.stem)
+    return resolve_config(config_file, tokens, extra=extra), ReplaySource(label=_label(config_file))
+
+
+def _label(config_file: Path) -> str:
+    """The replay's name (its runs' folder and MLflow run names): the file's stem, unless that could not be one
+    folder of runs/replay/ (``...yaml``'s stem is ``..``); then "config"."""
+    try:
+        return check_name(config_file.stem, what="config file name")
+    except UserError:
+        return "config"
 
 
 def replay_config(config: Config, *, seed: int, out_dir: Path) -> Config:
