@@ -23,7 +23,7 @@ def list_studies(storage_url: str | None) -> list[dict[str, Any]]:
     """Name, trials, best value and trial, start time of each study; none for a SQLite file not made yet."""
     if missing_sqlite_file(resolve_storage_url(storage_url)):
         return []  # reading must not create the file
-    storage = make_storage(storage_url, heartbeat=False)
+    storage = make_storage(storage_url, heartbeat=False, idle=True)
     out = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
         multi = len(s.directions) > 1
@@ -45,7 +45,7 @@ def load_study(storage_url: str | None, name: str) -> optuna.Study:
     url = resolve_storage_url(storage_url)
     if missing_sqlite_file(url):  # reading must not create the file
         raise UserError(f"no study {name!r}: {mask_url(url)} does not exist yet (run `sweeper study run` first)")
-    storage = make_storage(storage_url, heartbeat=False)
+    storage = make_storage(storage_url, heartbeat=False, idle=True)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError as err:

@@ -52,6 +52,7 @@ EPOCH = "epoch"  # the metrics of the last epoch finished (EpochMetrics.as_dict(
 EPOCH_VALUES = "epoch_values"  # {"epoch": objective value} of a multi-objective trial (Optuna refuses report)
 REASON = "reason"  # why the trial did not complete (pruned, diverged, failed, interrupted: one line)
 RUN_ID = "mlflow_run_id"  # the trial's MLflow run
+WORKER = "worker"  # the index of the `study run --workers N` process that ran it (absent: a process of its own)
 SOURCE = "source"  # where an enqueued trial came from
 SOURCE_LR_FINDER = "lr_finder"
 

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipelines.errors import UserError, chain, one_line
 from pipelines.paths import check_writable
 from sweeper import interrupts, records
+from sweeper.connections import creation_lock, engine_kwargs
 from sweeper.outcome import Outcome
 from sweeper.overrides import positive_int
 from sweeper.retry import MAX_DELAY, retrying
@@ -49,7 +50,13 @@ OUTAGE_SECONDS = (
     120  # how long a worker waits for a database that refuses or drops connections ($SWEEPER_DB_OUTAGE_SECONDS)
 )
 # Connection errors that no wait will mend: credentials or a database that is gone
-PERMANENT_MARKERS = ("password authentication failed", "no password supplied", "does not exist")
+PERMANENT_MARKERS = (
+    "password authentication failed",
+    "no password supplied",
+    "does not exist",
+    "could not translate host name",  # a typo in the host: said at once, not waited for
+    "name or service not known",
+)
 # What PostgreSQL clients say when an open connection is cut (not when none can be made: that is not retried)
 DISCONNECT_MARKERS = (
     "closed the connection",
@@ -97,36 +104,48 @@ def check_creatable(url: str) -> None:
 
 
 def make_storage(
-    url: str | None, *, heartbeat: bool = True, tracker_uri: str | None = None, runs_dir: str = "runs"
+    url: str | None,
+    *,
+    heartbeat: bool = True,
+    tracker_uri: str | None = None,
+    runs_dir: str = "runs",
+    idle: bool = False,
 ) -> BaseStorage:
     """The storage at ``url`` (see :func:`resolve_storage_url`) with a heartbeat (unless ``heartbeat`` is False:
-    read-only use); on a server database also with pre-ping and reconnecting calls."""
+    read-only use); on a server database also with pre-ping, reconnecting calls and at most
+    ``connections.MAX_CONNECTIONS`` connections (none kept between calls when ``idle``: a process that only
+    reads now and then). A server that refuses connections (down, restarting, full) is waited for like any
+    outage, for up to $SWEEPER_DB_OUTAGE_SECONDS; the schema is made under ``connections.creation_lock``."""
     url = resolve_storage_url(url)
-    parsed = parse_storage_url(url)
+    parse_storage_url(url)
     kwargs: dict[str, Any] = {}
-    if is_sqlite(url):
-        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300}
-        if parsed.drivername.startswith("postgresql"):
-            engine_kwargs["connect_args"] = {"connect_timeout": 10}
     if heartbeat:  # on SQLite too: the next `study run` fails and retries the trial of a process that was killed
         kwargs.update(
             heartbeat_interval=env_seconds("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS),
             grace_period=env_seconds("SWEEPER_GRACE_SECONDS", GRACE_SECONDS),
             heartbeat_stale_trial_callback=StaleTrialHandler(tracker_uri, runs_dir=runs_dir),
         )
+    server = not is_sqlite(url)
+    policy = (
+        retrying(when=is_connection_error, deadline=outage_seconds(), what="opening the storage")
+        if server
+        else retrying(when=is_disconnect, what="opening the storage")
+    )
     try:
-        storage = retrying(when=is_disconnect, what="opening the storage")(
-            RDBStorage, url, engine_kwargs=engine_kwargs, **kwargs
-        )
+        storage = policy(_open, url, engine_kwargs(url, idle=idle), kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
         detail = one_line(getattr(err, "orig", None) or err, limit=200)
         raise UserError(f"cannot open storage {mask_url(url)}: {detail}") from err
-    if is_sqlite(url):
+    if not server:
         return storage
     # get_storage wraps an RDBStorage in Optuna's own trial cache, as create_study would; ours goes around it.
     return ResilientStorage(optuna.storages.get_storage(storage), url=mask_url(url), outage_seconds=outage_seconds())
+
+
+def _open(url: str, engine: dict[str, Any], kwargs: dict[str, Any]) -> RDBStorage:
+    """Optuna's RDB storage, its schema made (or checked) by one process at a time."""
+    with creation_lock(url):
+        return RDBStorage(url, engine_kwargs=engine, **kwargs)
 
 
 class StorageUnavailable(UserError):

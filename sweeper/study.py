@@ -144,7 +144,7 @@ def _recorded_attrs(storage_url: str, name: str) -> dict[str, Any]:
     """What study ``name`` recorded (its user attributes); empty for a study (or a SQLite file) not made yet."""
     if missing_sqlite_file(storage_url):
         return {}
-    storage = make_storage(storage_url, heartbeat=False)
+    storage = make_storage(storage_url, heartbeat=False, idle=True)
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
@@ -225,13 +225,16 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def open_study(plan: StudyPlan) -> StudyContext:
-    """Create (or load) the study, its MLflow experiment and parent run, and record space and config."""
+def open_study(plan: StudyPlan, *, idle: bool = False) -> StudyContext:
+    """Create (or load) the study, its MLflow experiment and parent run, and record space and config. ``idle``:
+    this process runs no trial of it (`study init`, the parent of workers): no heartbeat, and no database
+    connection kept between its queries."""
     opts = plan.opts
     # fails here, before the study or the experiment exists, if MLflow is down; the storage next, so that a
     # storage that cannot be opened leaves no experiment behind (the experiment is created on first use)
     tracker = Tracker(opts.tracking_uri, opts.name, spool_dir=Path(opts.runs_dir) / opts.name / "spool")
-    storage = make_storage(plan.storage_url, tracker_uri=tracker.uri, runs_dir=opts.runs_dir)
+    storage = make_storage(plan.storage_url, tracker_uri=tracker.uri, runs_dir=opts.runs_dir, heartbeat=not idle,
+                           idle=idle)  # fmt: skip
     try:
         study = optuna.create_study(
             study_name=opts.name,

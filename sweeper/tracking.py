@@ -25,6 +25,7 @@ from pipelines.callbacks import Callback, EpochMetrics
 from pipelines.errors import UserError, one_line
 from pipelines.paths import check_writable
 from sweeper import records
+from sweeper.connections import creation_lock
 from sweeper.outcome import Outcome
 from sweeper.records import HOST_TAG, PARENT_TAG, ROLE, STUDY_TAG
 from sweeper.spool import PENDING, LogQueue
@@ -72,7 +73,8 @@ class Tracker:
         self.experiment_name = experiment
         self.spool_dir = spool_dir or Path("runs") / experiment / "spool"
         try:
-            self.client = MlflowClient(tracking_uri=self.uri)
+            with creation_lock(self.uri):  # a new local store is made (migrated) by one process at a time
+                self.client = MlflowClient(tracking_uri=self.uri)
         except mlflow.exceptions.MlflowException as err:  # a scheme MLflow has no store for
             raise UserError(
                 f"MLflow cannot use the tracking URI {mask_url(self.uri)}: use http(s)://host:port for a server, "

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from pipelines.callbacks import Callback, EpochMetrics
@@ -22,6 +25,7 @@ from pipelines.errors import UserError, chain, one_line, out_of_space
 from pipelines.reuse import RunCache
 from pipelines.train import run
 from sweeper import interrupts, outcome, records
+from sweeper.connections import WORKER_ENV
 from sweeper.interrupts import InterruptCheck
 from sweeper.objective import Objective, objective_value, objective_values
 from sweeper.outcome import Outcome
@@ -69,6 +73,16 @@ def _frozen(trial: optuna.Trial) -> FrozenTrial:
     """The running ``trial`` as the storage holds it now (Optuna's public way: its study's running trials)."""
     running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     return next(t for t in running if t.number == trial.number)
+
+
+# The trials a shared budget counts (`study run --workers N --n-trials M`): those run or running; a waiting one
+# (a dead worker's trial to retry, an enqueued one) counts once a worker takes it
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+
+
+def trial_count(study: optuna.Study) -> int:
+    """The trials of ``study`` a budget of trials counts (:data:`COUNTED`)."""
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
 def trial_config(config: Config, objective: Objective) -> Config:
@@ -120,6 +134,8 @@ class TrialRunner:
         trial.set_user_attr(records.RUN_ID, tracked.run_id)
         trial.set_user_attr(records.CONFIG, config.to_yaml())
         trial.set_user_attr(records.LR, config.effective_lr)
+        if os.environ.get(WORKER_ENV):  # one of `study run --workers N`'s processes: say which
+            trial.set_user_attr(records.WORKER, int(os.environ[WORKER_ENV]))
         self.observer.on_trial(_frozen(trial))
         reporter = TrialReporter(trial, ctx.objective, self.observer, epochs=config.train.epochs)
         try:
@@ -185,17 +201,24 @@ class TrialRunner:
             study.stop()
         interrupts.check()  # a Ctrl-C that came during Optuna's calls (or that Python dropped) stops the study here
 
-    def run(self, *, n_trials: int | None, timeout: float | None) -> optuna.Study:
+    def run(self, *, n_trials: int | None, timeout: float | None, until: int | None = None) -> optuna.Study:
+        """Run up to ``n_trials`` trials (None: until ``timeout`` or a stop), and none once the study holds
+        ``until`` trials, whoever ran them (the share of workers that run one budget together)."""
         study = self.ctx.study
         self.splits(self.ctx.config)  # fail on data problems before the first trial starts
         self.observer.on_study(study, space=self.ctx.space, objective=self.ctx.objective)
+        callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [self.after_trial]
+        if until is not None:
+            if trial_count(study) >= until:  # the others ran the whole budget already
+                return study
+            callbacks.append(MaxTrialsCallback(until, states=COUNTED))
         try:
             with interrupts.deferred():
                 study.optimize(
                     self.objective,
                     n_trials=n_trials,
                     timeout=timeout,
-                    callbacks=[self.after_trial],
+                    callbacks=callbacks,
                     catch=(Exception,),
                     gc_after_trial=False,
                 )

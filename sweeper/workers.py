@@ -2,8 +2,11 @@
 
 The engine is Optuna's: every worker runs `sweeper study run NAME` against the same storage, and Optuna's
 RDB storage hands out trial numbers and waiting trials atomically. There is no scheduler of our own; this
-module plans the workers (trials and GPU each), starts them with their own CUDA_VISIBLE_DEVICES and log file,
-waits for them while a caller-supplied ``refresh`` shows progress, and stops them on the way out.
+module plans the workers (a GPU each), starts them with their own CUDA_VISIBLE_DEVICES, index and log file,
+waits for them while a caller-supplied ``refresh`` shows progress, stops them on the way out, and says what each
+did. The parent's --n-trials is the study's total over its workers: each runs trials until the study holds that
+many more than when the parent started (Optuna's ``MaxTrialsCallback``, counting running trials too), so the
+trials of a worker that could not start are run by the others.
 """
 
 from __future__ import annotations
@@ -15,11 +18,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from optuna.trial import FrozenTrial
+
 from pipelines.errors import UserError, one_line
+from sweeper import records
+from sweeper.connections import WORKER_ENV
 from sweeper.overrides import positive_int
 from sweeper.storage import resolve_storage_url
 from sweeper.study import StudyOptions
@@ -39,7 +47,22 @@ POLL_SECONDS = 1.0  # how often the parent refreshes its view while workers run
 class WorkerPlan:
     index: int
     gpu: str | None  # CUDA_VISIBLE_DEVICES for this worker, None on the CPU
-    n_trials: int
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """What one worker did: its exit code, the trials it ran, its last error line (if it printed one)."""
+
+    index: int
+    returncode: int
+    trials: int
+    error: str | None
+
+    def __str__(self) -> str:
+        ran = f"#{self.index} ran {self.trials} trial{'' if self.trials == 1 else 's'}"
+        if self.returncode == 0:
+            return ran
+        return f"{ran} and exited {self.returncode}" + (f" ({self.error})" if self.error else "")
 
 
 @dataclass(frozen=True)
@@ -53,11 +76,30 @@ class WorkersResult:
         """(worker index, exit code) of each worker that did not exit 0."""
         return [(p.index, rc) for p, rc in zip(self.plan, self.returncodes, strict=True) if rc != 0]
 
-    def check(self) -> None:
-        """Raise UserError naming the workers that failed and where their logs are."""
+    def reports(self, trials: Sequence[FrozenTrial]) -> list[WorkerReport]:
+        """Each worker's report, its trials counted among ``trials`` (by the worker index each one recorded)."""
+        ran = Counter(t.user_attrs.get(records.WORKER) for t in trials)
+        return [
+            WorkerReport(p.index, rc, ran[p.index], _last_error(self.log_dir / f"worker-{p.index}.log"))
+            for p, rc in zip(self.plan, self.returncodes, strict=True)
+        ]
+
+    def check(self, trials: Sequence[FrozenTrial]) -> str:
+        """One line saying what each worker did; UserError with that line when one of them failed."""
+        line = "workers: " + "; ".join(str(r) for r in self.reports(trials))
         if self.failed:
-            failed = ", ".join(f"#{i} (exit {rc})" for i, rc in self.failed)
-            raise UserError(f"worker(s) {failed} failed; see {self.log_dir}/worker-N.log")
+            raise UserError(f"{line}; see {self.log_dir}/worker-N.log")
+        return line
+
+
+def _last_error(log: Path) -> str | None:
+    """The last ``error: ...`` line a worker printed (its one-line reason for exiting 2), without the prefix."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line.removeprefix("error: ").strip() for line in lines if line.startswith("error: ")]
+    return errors[-1] if errors else None
 
 
 def visible_gpus() -> list[str]:
@@ -105,7 +147,7 @@ def auto_devices(visible: list[str], names: list[str], *, n_trials: int, sqlite:
 
 
 def plan_workers(*, workers: str | None, gpus: str | None, n_trials: int, storage: str | None) -> list[WorkerPlan]:
-    """Split ``n_trials`` over the workers (Optuna's n_trials is per process, so the total is exact).
+    """The worker processes for ``n_trials`` trials in all (they share them: see :func:`run_workers`).
 
     ``gpus``: "0,1,3" -> one worker per listed GPU. ``workers``: a number, or "auto" (on each visible GPU as many
     as WORKERS_PER_GPU found best for its model, else 1; one on the CPU).
@@ -131,8 +173,7 @@ def plan_workers(*, workers: str | None, gpus: str | None, n_trials: int, storag
         )
     if n_trials < count:
         raise UserError(f"--n-trials ({n_trials}) must be at least the number of workers ({count})")
-    share, extra = divmod(n_trials, count)
-    return [WorkerPlan(i, devices[i], share + (1 if i < extra else 0)) for i in range(count)]
+    return [WorkerPlan(i, devices[i]) for i in range(count)]
 
 
 def needs_processes(plan: list[WorkerPlan] | None, *, gpus: str | None) -> bool:
@@ -140,9 +181,12 @@ def needs_processes(plan: list[WorkerPlan] | None, *, gpus: str | None) -> bool:
     return plan is not None and (len(plan) > 1 or bool(gpus))
 
 
-def worker_args(opts: StudyOptions, plan: WorkerPlan, *, timeout: float | None) -> list[str]:
-    """The `study run` options that make a worker run the parent's study as the parent resolved it."""
+def worker_args(opts: StudyOptions, plan: WorkerPlan, *, n_trials: int, until: int, timeout: float | None) -> list[str]:
+    """The `study run` options that make a worker run the parent's study as the parent resolved it, until the
+    study holds ``until`` trials (the parent's --n-trials shared by all its workers; so a worker that could not
+    start leaves its share to the others) and at most ``n_trials`` of its own."""
     args = ["--sampler", str(opts.sampler), "--pruner", str(opts.pruner), "--objective", str(opts.objective)]
+    args += ["--n-trials", str(n_trials), "--trials-until", str(until)]
     if opts.seed is not None:
         args += ["--seed", str(opts.seed + plan.index)]  # distinct seeds: workers must not sample alike
     if timeout is not None:
@@ -160,8 +204,9 @@ def start_worker(
     extra_args: list[str],
     log_dir: Path,
 ) -> subprocess.Popen:
-    """`python -m sweeper study run STUDY --n-trials K ...` with its own CUDA_VISIBLE_DEVICES and log file."""
+    """`python -m sweeper study run STUDY ...` with its own CUDA_VISIBLE_DEVICES, index and log file."""
     env = dict(os.environ)
+    env[WORKER_ENV] = str(plan.index)  # its trials record it; its database connections are named after it
     if plan.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = plan.gpu
     if storage:
@@ -170,8 +215,7 @@ def start_worker(
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     log_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable, "-m", "sweeper", "study", "run", study,
-        "--n-trials", str(plan.n_trials), "--runs-dir", str(runs_dir), "--json", *extra_args,
+        sys.executable, "-m", "sweeper", "study", "run", study, "--runs-dir", str(runs_dir), "--json", *extra_args,
     ]  # fmt: skip
     with open(log_dir / f"worker-{plan.index}.log", "ab") as log_file:  # the child keeps its own descriptor
         return subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
@@ -186,12 +230,15 @@ def run_workers(
     opts: StudyOptions,
     plan: list[WorkerPlan],
     *,
+    n_trials: int,
+    until: int,
     timeout: float | None,
     refresh: Callable[[], None],
 ) -> WorkersResult:
-    """Start one `study run` process per planned worker on the shared storage and wait for all of them, calling
-    ``refresh`` every POLL_SECONDS (its errors are logged, never fatal) and once at the end. On the way out
-    (Ctrl-C too) live workers are stopped."""
+    """Start one `study run` process per planned worker on the shared storage, together running ``n_trials``
+    trials until the study holds ``until``, and wait for all of them, calling ``refresh`` every POLL_SECONDS
+    (its errors are logged, never fatal) and once at the end. On the way out (Ctrl-C too) live workers are
+    stopped."""
     runs_dir = Path(opts.runs_dir)
     log_dir = workers_log_dir(opts)
     procs = [
@@ -201,7 +248,7 @@ def run_workers(
             storage=opts.storage,
             tracking_uri=opts.tracking_uri,
             runs_dir=runs_dir,
-            extra_args=worker_args(opts, p, timeout=timeout),
+            extra_args=worker_args(opts, p, n_trials=n_trials, until=until, timeout=timeout),
             log_dir=log_dir,
         )
         for p in plan

@@ -204,7 +204,7 @@ def run_cmd(
         typer.Option(
             "--workers",
             help="Worker processes on this machine: a number or auto (one per visible GPU). Needs a server "
-            "database (--storage postgresql+psycopg2://...). --n-trials is split over them.",
+            "database (--storage postgresql+psycopg2://...). They run --n-trials trials in all between them.",
             show_default=False,
             rich_help_panel=WORKERS_PANEL,
         ),
@@ -214,6 +214,10 @@ def run_cmd(
         typer.Option(
             "--gpus", help="One worker per listed GPU, e.g. 0,1,2,3.", show_default=False, rich_help_panel=WORKERS_PANEL
         ),
+    ] = None,
+    trials_until: Annotated[
+        int | None,
+        typer.Option("--trials-until", hidden=True, help="Stop once the study holds this many trials (workers)."),
     ] = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -256,10 +260,10 @@ def run_cmd(
     if from_lr_finder and in_processes:
         raise UserError("--from-lr-finder runs in one process: enqueue it with a single `study run` first")
     _pruning_note(study_plan.opts.objective)
-    with holding(open_study(study_plan)) as ctx:
+    with holding(open_study(study_plan, idle=in_processes)) as ctx:
         if in_processes:
             assert worker_plan is not None
-            _run_workers(ctx, worker_plan, timeout=timeout, json_=json_)
+            _run_workers(ctx, worker_plan, n_trials=n_trials or 1, timeout=timeout, json_=json_)
             return
         view = LiveStudyView(name, space=ctx.space, objective=ctx.objective, quiet=json_)
         runner = TrialRunner(ctx, observer=view, data=cache)
@@ -268,7 +272,7 @@ def run_cmd(
             lr = enqueue_lr_finder(ctx, runner.splits(ctx.config), cache=runner.cache)
             err_console.print(f"enqueued a trial at lr {lr:.4g} (LR range test valley)")
         with view:
-            study = runner.run(n_trials=n_trials, timeout=timeout)
+            study = runner.run(n_trials=n_trials, timeout=timeout, until=trials_until)
             plots = _finish(ctx)
     _report(ctx, study, plots, json_=json_)
 
@@ -313,15 +317,18 @@ def _finish(ctx: StudyContext) -> dict[str, str]:
     return {k: str(v) for k, v in plots.items()}
 
 
-def _run_workers(ctx: StudyContext, plan: list[Any], *, timeout: float | None, json_: bool) -> None:
-    """The workers' processes with one table read from the storage, then the study's plots."""
+def _run_workers(ctx: StudyContext, plan: list[Any], *, n_trials: int, timeout: float | None, json_: bool) -> None:
+    """The workers' processes, sharing ``n_trials`` trials, with one table read from the storage; then the
+    study's plots and one line saying what each worker did."""
     from sweeper.records import trial_rows
+    from sweeper.trials import trial_count
     from sweeper.workers import run_workers, workers_log_dir
 
     opts = ctx.opts
+    gpus = [f"#{p.index} on GPU {p.gpu}" for p in plan if p.gpu]
     err_console.print(
-        f"{len(plan)} workers on study {opts.name!r} "
-        + ", ".join(f"#{p.index}: {p.n_trials} trials" + (f" on GPU {p.gpu}" if p.gpu else "") for p in plan)
+        f"{len(plan)} workers on study {opts.name!r}, {n_trials} trials between them"
+        + (f" ({', '.join(gpus)})" if gpus else "")
         + f"; logs in {workers_log_dir(opts)}",
         highlight=False,
     )
@@ -330,11 +337,16 @@ def _run_workers(ctx: StudyContext, plan: list[Any], *, timeout: float | None, j
     def refresh() -> None:
         view.show_rows(trial_rows(ctx.study))
 
+    until = trial_count(ctx.study) + n_trials
     with view:
-        result = run_workers(opts, plan, timeout=timeout, refresh=refresh)
+        result = run_workers(opts, plan, n_trials=n_trials, until=until, timeout=timeout, refresh=refresh)
     plots = _finish(ctx)
-    _report(ctx, ctx.study, plots, json_=json_, workers=len(plan), failed_workers=result.failed)
-    result.check()
+    trials = ctx.study.get_trials(deepcopy=False)
+    reports = [vars(r) for r in result.reports(trials)]
+    _report(ctx, ctx.study, plots, json_=json_, workers=len(plan), failed_workers=result.failed, worker_reports=reports)
+    line = result.check(trials)  # UserError (exit 2, that line) when a worker failed
+    if not json_:
+        err_console.print(line, highlight=False, markup=False)
 
 
 @study_app.command("sync")
