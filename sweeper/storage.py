@@ -32,7 +32,7 @@ from sweeper.overrides import positive_int
 from sweeper.retry import MAX_DELAY, retrying
 from sweeper.spool import LogQueue
 from sweeper.tracking import TrialRun, resolve_tracking_uri
-from sweeper.urls import absolute_sqlite, check_password, is_sqlite, mask_url
+from sweeper.urls import absolute_sqlite, check_password, is_proxy_url, is_sqlite, mask_url
 
 if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy
@@ -97,11 +97,24 @@ def check_creatable(url: str) -> None:
 
 
 def make_storage(
-    url: str | None, *, heartbeat: bool = True, tracker_uri: str | None = None, runs_dir: str = "runs"
+    url: str | None,
+    *,
+    heartbeat: bool = True,
+    tracker_uri: str | None = None,
+    runs_dir: str = "runs",
+    pool_size: int | None = None,
+    stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> BaseStorage:
     """The storage at ``url`` (see :func:`resolve_storage_url`) with a heartbeat (unless ``heartbeat`` is False:
-    read-only use); on a server database also with pre-ping and reconnecting calls."""
+    read-only use); on a server database also with pre-ping and reconnecting calls; ``grpc://HOST:PORT``: the
+    storage proxy `sweeper storage serve` runs (``sweeper.proxy``), with a lease for the heartbeat. ``pool_size``:
+    at most that many database connections (no overflow); ``stale_trial_callback``: what the heartbeat does with
+    a dead worker's trial (default :class:`StaleTrialHandler`)."""
     url = resolve_storage_url(url)
+    if is_proxy_url(url):
+        from sweeper.proxy import connect  # late: sweeper.proxy builds on this module
+
+        return connect(url, heartbeat=heartbeat)
     parsed = parse_storage_url(url)
     kwargs: dict[str, Any] = {}
     if is_sqlite(url):
@@ -110,11 +123,13 @@ def make_storage(
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300}
         if parsed.drivername.startswith("postgresql"):
             engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        if pool_size is not None:
+            engine_kwargs.update(pool_size=pool_size, max_overflow=0)
     if heartbeat:  # on SQLite too: the next `study run` fails and retries the trial of a process that was killed
         kwargs.update(
             heartbeat_interval=env_seconds("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS),
             grace_period=env_seconds("SWEEPER_GRACE_SECONDS", GRACE_SECONDS),
-            heartbeat_stale_trial_callback=StaleTrialHandler(tracker_uri, runs_dir=runs_dir),
+            heartbeat_stale_trial_callback=stale_trial_callback or StaleTrialHandler(tracker_uri, runs_dir=runs_dir),
         )
     try:
         storage = retrying(when=is_disconnect, what="opening the storage")(
@@ -225,12 +240,20 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
     The one non-idempotent call, creating a trial, could at worst leave one extra trial if its reply was lost.
     """
 
-    def __init__(self, backend: BaseStorage, *, url: str, outage_seconds: float = OUTAGE_SECONDS) -> None:
+    def __init__(
+        self,
+        backend: BaseStorage,
+        *,
+        url: str,
+        outage_seconds: float = OUTAGE_SECONDS,
+        when: Callable[[BaseException], bool] = is_connection_error,
+    ) -> None:
         if not isinstance(backend, BaseHeartbeat):
             raise TypeError(f"{type(backend).__name__} has no heartbeat interface")
         self._backend = backend
         self._url = url  # masked: it goes into messages
         self._outage_seconds = outage_seconds
+        self._when = when  # which errors are an outage (is_connection_error; the proxy's: sweeper.proxy)
         self._unavailable: StorageUnavailable | None = None
         self._heartbeat_lost = False  # warned once that heartbeats are not recorded
 
@@ -251,11 +274,9 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
                 raise
 
         try:
-            return retrying(when=is_connection_error, deadline=self._outage_seconds, what=f"storage call {name}")(
-                attempt
-            )
+            return retrying(when=self._when, deadline=self._outage_seconds, what=f"storage call {name}")(attempt)
         except Exception as err:
-            if not is_connection_error(err):
+            if not self._when(err):
                 raise
             self._unavailable = StorageUnavailable(
                 f"the database at {self._url} did not answer for {self._outage_seconds:g} s "
