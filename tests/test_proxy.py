@@ -145,6 +145,18 @@ def test_calls_wait_through_a_database_outage_behind_the_proxy(pg_url, tmp_path)
     assert "retrying" in (tmp_path / "serve.log").read_text()
 
 
+def test_a_database_gone_past_the_limit_stops_the_proxy_with_one_line(pg_url, tmp_path) -> None:
+    env = {**LEASE_ENV, "SWEEPER_GRACE_SECONDS": "60", "SWEEPER_DB_OUTAGE_SECONDS": "2"}
+    proxy = StorageProxy(pg_url, tmp_path / "serve.log", env=env)
+    outage = Outage(pg_url).start()
+    try:
+        assert proxy.proc.wait(timeout=60) == 2  # the reaper's next pass found the database gone for 2 s
+    finally:
+        outage.end()
+    last = (tmp_path / "serve.log").read_text().strip().splitlines()[-1]
+    assert last.startswith("error: the database at postgresql+psycopg2://postgres@127.0.0.1:5432/") and "2 s" in last
+
+
 def test_calls_wait_for_a_restarting_proxy(pg_url, tmp_path) -> None:
     port = free_port()
     env = {**LEASE_ENV, "SWEEPER_GRACE_SECONDS": "60"}
