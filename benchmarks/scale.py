@@ -421,7 +421,7 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def plan(args: argparse.Namespace) -> list[Run]:
-    runs = [Run(mode, n, 0, args.seconds) for n in args.workers for mode in args.modes]
+    runs = [Run(mode, n, 0, args.seconds) for n in args.workers for _ in range(args.repeat) for mode in args.modes]
     for n in args.kill_workers:
         kill = max(1, round(KILL_FRACTION * n))
         # long enough for the killed trials' leases to expire, the reaper to fail them and a survivor to rerun them
@@ -499,6 +499,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--kill-workers", type=numbers, default=[64], help="worker counts of the kill runs")
     parser.add_argument("--modes", type=lambda t: t.split(","), default=["direct", "proxy"], help="direct,proxy")
     parser.add_argument("--seconds", type=float, default=30.0, help="a plain run's length (Optuna's timeout)")
+    parser.add_argument("--repeat", type=int, default=1, help="plain runs of each size and mode, alternating")
     parser.add_argument("--trial-seconds", type=float, default=1.0, help="the sleep standing in for training")
     parser.add_argument("--epochs", type=int, default=2, help="reports per trial")
     parser.add_argument("--heartbeat", type=int, default=2, help="SWEEPER_HEARTBEAT_SECONDS of workers and proxy")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from test_faults import running_trial_with_epoch, sweeper_proc  # heartbeat 1 s, grace 4 s: LEASE_ENV
+from test_faults import kill_a_worker_mid_trial, sweeper_proc  # heartbeat 1 s, grace 4 s: LEASE_ENV
 from test_outages import Outage
 from typer.testing import CliRunner
 
@@ -21,7 +20,6 @@ from sweeper.cli import app
 from sweeper.proxy import is_loopback, parse_proxy_url
 from sweeper.storage import make_storage
 
-TINY = ["model.width=0.125", "train.batch_size=32", "data.val_size=60", "train.device=cpu"]
 LEASE_ENV = {"SWEEPER_HEARTBEAT_SECONDS": "1", "SWEEPER_GRACE_SECONDS": "4"}
 
 
@@ -104,14 +102,7 @@ def test_killed_worker_behind_the_proxy_is_failed_retried_and_its_run_ended(
     recorded) fails its trial, ends its MLflow run FAILED and enqueues the retry, which the next worker runs."""
     proxy = StorageProxy(pg_url, tmp_path / "serve.log", env=LEASE_ENV)
     common = ["--storage", proxy.url, "--tracking-uri", mlflow_server.uri]
-    victim = sweeper_proc(
-        "study", "run", "killed", "--data", image_folder, "--n-trials", 1, "--pruner", "none", *common,
-        "--set", *TINY, "train.epochs=40",
-        log=tmp_path / "victim.log",
-    )  # fmt: skip
-    wait_for(lambda: running_trial_with_epoch(pg_url, "killed"), 120, "the victim's trial to report an epoch")
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    kill_a_worker_mid_trial(common, data=image_folder, pg_url=pg_url, log=tmp_path / "victim.log")
     wait_for(lambda: len(trials(pg_url, "killed")) == 2, 30, "the reaper to fail and retry the trial")
     dead, retry = trials(pg_url, "killed")
     assert dead.state == TrialState.FAIL and retry.state == TrialState.WAITING
