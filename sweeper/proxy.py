@@ -69,7 +69,6 @@ DEFAULT_PORT = 13000  # Optuna's run_grpc_proxy_server's default port
 DEFAULT_THREADS = 10  # Optuna's default thread pool; the database pool is one more (the reaper)
 CONNECT_SECONDS = 10.0  # how long a client waits for the proxy to answer at all before it says none does
 STOP_SECONDS = 5.0  # on Ctrl-C/SIGTERM, how long calls in flight get to finish
-PROXY_OUTAGE = "UNAVAILABLE"  # the gRPC status of a call the proxy could not serve for now: the client retries
 
 
 # -- the address ------------------------------------------------------------------------------------------------
