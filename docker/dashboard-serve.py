@@ -1,5 +1,9 @@
 """Serve Optuna Dashboard on 0.0.0.0:8080 for the storage URL in OPTUNA_STORAGE, with gunicorn's threads.
 
+OPTUNA_STORAGE=grpc://HOST:PORT names the stack's storage proxy (`sweeper storage serve`, docker-compose.yml's
+`storage` service): the dashboard reads and writes through it with Optuna's own client, as the workers do, so
+PostgreSQL sees the proxy's connections only and this container holds no database password.
+
 The entrypoint of docker/dashboard.Dockerfile. optuna-dashboard's own ``run_server`` is wsgiref's
 single-threaded server: one slow request (a study's trials while workers write) holds up every other
 one, the healthcheck included. This runs its WSGI app (``optuna_dashboard.wsgi``) in gunicorn's
@@ -41,7 +45,22 @@ class DashboardServer(BaseApplication):  # type: ignore[misc]  # gunicorn has no
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return optuna_dashboard.wsgi(self.storage)
+        return optuna_dashboard.wsgi(storage_of(self.storage))
+
+
+def storage_of(url: str) -> Any:
+    """Optuna's gRPC client for grpc://HOST:PORT (optuna-dashboard takes a storage object as well as a URL);
+    any other URL as it is."""
+    if not url.startswith("grpc://"):
+        return url
+    from urllib.parse import urlsplit
+
+    from optuna.storages import GrpcStorageProxy
+
+    parts = urlsplit(url)
+    if not parts.hostname or parts.port is None:
+        sys.exit(f"dashboard-serve: OPTUNA_STORAGE {url!r} must be grpc://HOST:PORT")
+    return GrpcStorageProxy(host=parts.hostname, port=parts.port)
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 Starts a Docker engine when none answers (and stops it again at the end), builds local stand-ins for the
 base images when no registry can be reached (scripts/local-bases.sh, cached), builds the project's images,
-brings up PostgreSQL, MLflow, the dashboard, `init` and two CPU workers (docker/compose.cpu.yml) on a tiny
-study of the shared CIFAR-10 copy, checks what a user would look at, then `compose down -v`. Prints a
+brings up PostgreSQL, the storage proxy, MLflow, the dashboard, `init` and two CPU workers (docker/compose.cpu.yml)
+on a tiny study of the shared CIFAR-10 copy, checks what a user would look at, then `compose down -v`. Prints a
 PASS/FAIL line per check and the duration; exits 1 when a check failed, 2 when the stack could not be run.
 
 Runs as its own compose project (`sweeper-stacktest`) with generated secrets, free loopback ports and its
@@ -73,7 +73,7 @@ STACK_VARIABLES = (  # what the compose files read: none may leak in from the ca
     "MLFLOW_DEFAULT_PERMISSION",
     "MLFLOW_BASIC_AUTH",
     "SWEEPER_BIND_ADDR",
-    "SWEEPER_POSTGRES_HOST",
+    "SWEEPER_STORAGE_HOST",
     "SWEEPER_MLFLOW_URI",
     *OFFICIAL_BASES,
 )
@@ -261,15 +261,41 @@ class Stack:
         return body if raw else json.loads(body)
 
 
-def wait_for_workers(stack: Stack, timeout: float) -> list[dict[str, Any]]:
+def wait_for_workers(stack: Stack, timeout: float, connections: Connections) -> list[dict[str, Any]]:
+    """Until every worker has exited, noting PostgreSQL's clients every few seconds meanwhile."""
     deadline = time.monotonic() + timeout
     while True:
+        connections.sample()
         workers = stack.containers("worker")
         if len(workers) >= WORKERS and all(w.get("State") == "exited" for w in workers):
             return workers
         if time.monotonic() > deadline:
             raise StackError(f"workers still running after {timeout:.0f} s: {[w.get('State') for w in workers]}")
-        time.sleep(5)
+        time.sleep(3)
+
+
+class Connections:
+    """Who PostgreSQL served while the workers ran: (database, application_name, client address) of every client
+    connection, sampled from pg_stat_activity (psql over the container's socket, itself left out)."""
+
+    QUERY = (
+        "SELECT datname, application_name, host(client_addr) FROM pg_stat_activity "
+        "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    )
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.seen: set[tuple[str, str, str]] = set()
+        self.samples = 0
+
+    def sample(self) -> None:
+        out = self.stack.compose(
+            "exec", "-T", "postgres", "psql", "-U", "sweeper", "-d", "optuna", "-AtF", "|", "-c", self.QUERY,
+            check=False,
+        )  # fmt: skip
+        rows = [tuple(line.split("|")) for line in out.splitlines() if line.count("|") == 2]
+        self.seen.update(rows)  # type: ignore[arg-type]
+        self.samples += bool(rows)
 
 
 # -- the checks
@@ -280,6 +306,45 @@ def check_workers(report: Report, stack: Stack, workers: list[dict[str, Any]]) -
     report.check(f"{WORKERS} workers ran and exited 0", len(workers) == WORKERS and codes == [0] * WORKERS, f"{codes}")
     details = stack.inspect([w["ID"] for w in workers])
     return [d["Config"]["Hostname"] for d in details]
+
+
+def check_proxy(report: Report, stack: Stack, connections: Connections) -> None:
+    """The workers' trials went through the storage proxy (their storage is grpc://storage:13000, and every trial
+    holds the heartbeat the proxy records for a worker's lease), and PostgreSQL's optuna database served the
+    proxy alone: no worker, init or dashboard container ever connected to PostgreSQL."""
+    rows = stack.containers()
+    details = stack.inspect([r["ID"] for r in rows])
+    service_of = {
+        net["IPAddress"]: d["Config"]["Labels"].get("com.docker.compose.service", d["Name"])
+        for d in details
+        for net in (d["NetworkSettings"].get("Networks") or {}).values()
+        if net.get("IPAddress")
+    }
+    storages = {
+        env.split("=", 1)[1]
+        for d in details
+        if d["Config"]["Labels"].get("com.docker.compose.service") == "worker"
+        for env in d["Config"].get("Env") or []
+        if env.startswith("SWEEPER_STORAGE=")
+    }
+    out = stack.compose(
+        "exec", "-T", "postgres", "psql", "-U", "sweeper", "-d", "optuna", "-At", "-c",
+        "SELECT count(*), count(h.trial_id) FROM trials t LEFT JOIN trial_heartbeats h USING (trial_id)",
+    )  # fmt: skip
+    trials, leased = (int(n) for n in out.strip().splitlines()[-1].split("|"))
+    report.check(
+        "the workers' trials went through the storage proxy",
+        storages == {"grpc://storage:13000"} and trials > 0 and leased == trials,
+        f"worker storage {sorted(storages)}; {leased} of {trials} trials hold the heartbeat of a lease",
+    )
+    clients = {(db, app, service_of.get(ip, f"unknown {ip}")) for db, app, ip in connections.seen}
+    optuna = {(app, service) for db, app, service in clients if db == "optuna"}
+    services = {service for _, _, service in clients}
+    report.check(
+        "PostgreSQL saw only the storage proxy's connections",
+        connections.samples > 0 and optuna == {("sweeper-storage", "storage")} and services <= {"storage", "mlflow"},
+        f"{connections.samples} samples: " + ", ".join(f"{db} <- {svc} ({app})" for db, app, svc in sorted(clients)),
+    )
 
 
 def check_study(report: Report, stack: Stack) -> list[dict[str, Any]]:
@@ -476,11 +541,13 @@ def stack_test(args: argparse.Namespace, report: Report) -> None:
             init_out = stack.compose(
                 "run", "--rm", "init", "study", "init", STUDY, "--data", stack.data, "--set", *TINY, timeout=900
             )
-            say(f"starting the dashboard, init and {WORKERS} workers of {args.trials} trials each")
+            say(f"starting the dashboard, init and {WORKERS} workers of {args.trials} trials each (through the proxy)")
             stack.compose("up", "--detach", "--scale", f"worker={WORKERS}", timeout=900)
-            workers = wait_for_workers(stack, args.timeout)
+            connections = Connections(stack)
+            workers = wait_for_workers(stack, args.timeout, connections)
             say("the workers are done; checking")
             hosts = guarded(report, "the workers", check_workers, report, stack, workers) or []
+            guarded(report, "the storage proxy", check_proxy, report, stack, connections)
             complete = guarded(report, "the study", check_study, report, stack) or []
             experiment_id = guarded(report, "MLflow", check_mlflow, report, stack, hosts, len(complete))
             if experiment_id is not None:

@@ -32,27 +32,38 @@ CONNECT_SECONDS = 10  # how long one connection attempt may take (libpq connect_
 SCHEMA_LOCK_KEY = int.from_bytes(b"sweeper", "big")
 
 
+_role: list[str] = []  # what this process is, when it is more than a command: set_role("storage")
+
+
+def set_role(role: str) -> None:
+    """Name this process's connections after ``role`` (e.g. "storage" for `sweeper storage serve`)."""
+    _role[:] = [role]
+
+
 def application_name() -> str:
-    """What this process's connections are called in ``pg_stat_activity``: e.g. "sweeper worker 3 box:4242"
-    (PostgreSQL keeps 63 bytes)."""
+    """What this process's connections are called in ``pg_stat_activity``: e.g. "sweeper worker 3 box:4242",
+    "sweeper storage box:17", "sweeper cli box:4243" (PostgreSQL keeps 63 bytes)."""
     index = os.environ.get(WORKER_ENV)
-    role = f"worker {index}" if index else "cli"
+    role = _role[0] if _role else f"worker {index}" if index else "cli"
     return f"sweeper {role} {socket.gethostname()}:{os.getpid()}"[:63]
 
 
-def engine_kwargs(url: str, *, idle: bool = False) -> dict[str, Any]:
+def engine_kwargs(url: str, *, idle: bool = False, pool_size: int | None = None) -> dict[str, Any]:
     """SQLAlchemy engine settings for the database at ``url``: SQLite as Optuna opens it (with a busy timeout);
-    a server with pre-ping, recycling, at most MAX_CONNECTIONS pooled connections (none kept when ``idle``) and,
-    on PostgreSQL, a connect timeout and the application name."""
+    a server with pre-ping, recycling, at most ``pool_size`` (MAX_CONNECTIONS) pooled connections (none kept
+    when ``idle``) and, on PostgreSQL, a connect timeout and the application name."""
     if is_sqlite(url):
         return {"connect_args": {"timeout": 30}}
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if idle:
         kwargs["poolclass"] = sqlalchemy.pool.NullPool
     else:
-        kwargs.update(pool_size=MAX_CONNECTIONS, max_overflow=0, pool_recycle=300)
-    if sqlalchemy.engine.make_url(url).drivername.startswith("postgresql"):
-        kwargs["connect_args"] = {"connect_timeout": CONNECT_SECONDS, "application_name": application_name()}
+        kwargs.update(pool_size=pool_size or MAX_CONNECTIONS, max_overflow=0, pool_recycle=300)
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.drivername.startswith("postgresql"):
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_SECONDS}
+        if "application_name" not in parsed.query:  # the URL's own name wins (the compose stack names its proxy)
+            kwargs["connect_args"]["application_name"] = application_name()
     return kwargs
 
 

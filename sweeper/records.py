@@ -56,6 +56,12 @@ WORKER = "worker"  # the index of the `study run --workers N` process that ran i
 SOURCE = "source"  # where an enqueued trial came from
 SOURCE_LR_FINDER = "lr_finder"
 
+# -- Optuna: a trial's system attribute ----------------------------------------------------------------------------
+# The lease of a worker behind the storage proxy (sweeper.proxy): written every heartbeat period (the worker's
+# clock, seconds since the epoch). `storage serve` never stores it: it records the trial's heartbeat (Optuna's
+# trial_heartbeats table, the database's clock) instead. Optuna's own "failed_trial" marks a retry.
+LEASE = "sweeper:lease"
+
 # -- MLflow: tags on runs -------------------------------------------------------------------------------------
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under another in the UI
 ROLE = "sweeper.role"  # one of the roles below

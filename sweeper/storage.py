@@ -33,7 +33,7 @@ from sweeper.overrides import positive_int
 from sweeper.retry import MAX_DELAY, retrying
 from sweeper.spool import LogQueue
 from sweeper.tracking import TrialRun, resolve_tracking_uri
-from sweeper.urls import absolute_sqlite, check_password, is_sqlite, mask_url
+from sweeper.urls import absolute_sqlite, check_password, is_proxy_url, is_sqlite, mask_url
 
 if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy
@@ -110,20 +110,29 @@ def make_storage(
     tracker_uri: str | None = None,
     runs_dir: str = "runs",
     idle: bool = False,
+    pool_size: int | None = None,
+    stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> BaseStorage:
     """The storage at ``url`` (see :func:`resolve_storage_url`) with a heartbeat (unless ``heartbeat`` is False:
-    read-only use); on a server database also with pre-ping, reconnecting calls and at most
-    ``connections.MAX_CONNECTIONS`` connections (none kept between calls when ``idle``: a process that only
-    reads now and then). A server that refuses connections (down, restarting, full) is waited for like any
-    outage, for up to $SWEEPER_DB_OUTAGE_SECONDS; the schema is made under ``connections.creation_lock``."""
+    read-only use); on a server database also with pre-ping, reconnecting calls and at most ``pool_size``
+    connections (default ``connections.MAX_CONNECTIONS``; none kept between calls when ``idle``: a process that
+    only reads now and then). A server that refuses connections (down, restarting, full) is waited for like any
+    outage, for up to $SWEEPER_DB_OUTAGE_SECONDS; the schema is made under ``connections.creation_lock``.
+    ``grpc://HOST:PORT``: the storage proxy `sweeper storage serve` runs (``sweeper.proxy``), with a lease for
+    the heartbeat. ``stale_trial_callback``: what the heartbeat does with a dead worker's trial (default
+    :class:`StaleTrialHandler`)."""
     url = resolve_storage_url(url)
+    if is_proxy_url(url):
+        from sweeper.proxy import connect  # late: sweeper.proxy builds on this module
+
+        return connect(url, heartbeat=heartbeat)
     parse_storage_url(url)
     kwargs: dict[str, Any] = {}
     if heartbeat:  # on SQLite too: the next `study run` fails and retries the trial of a process that was killed
         kwargs.update(
             heartbeat_interval=env_seconds("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS),
             grace_period=env_seconds("SWEEPER_GRACE_SECONDS", GRACE_SECONDS),
-            heartbeat_stale_trial_callback=StaleTrialHandler(tracker_uri, runs_dir=runs_dir),
+            heartbeat_stale_trial_callback=stale_trial_callback or StaleTrialHandler(tracker_uri, runs_dir=runs_dir),
         )
     server = not is_sqlite(url)
     policy = (
@@ -132,7 +141,7 @@ def make_storage(
         else retrying(when=is_disconnect, what="opening the storage")
     )
     try:
-        storage = policy(_open, url, engine_kwargs(url, idle=idle), kwargs)
+        storage = policy(_open, url, engine_kwargs(url, idle=idle, pool_size=pool_size), kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
         detail = one_line(getattr(err, "orig", None) or err, limit=200)
         raise UserError(f"cannot open storage {mask_url(url)}: {detail}") from err
@@ -239,12 +248,20 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
     The one non-idempotent call, creating a trial, could at worst leave one extra trial if its reply was lost.
     """
 
-    def __init__(self, backend: BaseStorage, *, url: str, outage_seconds: float = OUTAGE_SECONDS) -> None:
+    def __init__(
+        self,
+        backend: BaseStorage,
+        *,
+        url: str,
+        outage_seconds: float = OUTAGE_SECONDS,
+        when: Callable[[BaseException], bool] = is_connection_error,
+    ) -> None:
         if not isinstance(backend, BaseHeartbeat):
             raise TypeError(f"{type(backend).__name__} has no heartbeat interface")
         self._backend = backend
         self._url = url  # masked: it goes into messages
         self._outage_seconds = outage_seconds
+        self._when = when  # which errors are an outage (is_connection_error; the proxy's: sweeper.proxy)
         self._unavailable: StorageUnavailable | None = None
         self._heartbeat_lost = False  # warned once that heartbeats are not recorded
 
@@ -265,11 +282,9 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
                 raise
 
         try:
-            return retrying(when=is_connection_error, deadline=self._outage_seconds, what=f"storage call {name}")(
-                attempt
-            )
+            return retrying(when=self._when, deadline=self._outage_seconds, what=f"storage call {name}")(attempt)
         except Exception as err:
-            if not is_connection_error(err):
+            if not self._when(err):
                 raise
             self._unavailable = StorageUnavailable(
                 f"the database at {self._url} did not answer for {self._outage_seconds:g} s "

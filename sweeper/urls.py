@@ -60,6 +60,13 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+PROXY_PREFIX = "grpc://"  # a storage URL naming the storage proxy (`sweeper storage serve`): grpc://HOST:PORT
+
+
+def is_proxy_url(url: str) -> bool:
+    return url.startswith(PROXY_PREFIX)
+
+
 @dataclass(frozen=True)
 class RunsLink:
     """Where a person sees an experiment's runs: ``url`` in a browser, once ``serve`` (a shell command, None for

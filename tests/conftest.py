@@ -265,3 +265,37 @@ def _group_members(pgid: int) -> list[int]:
         if int(pgrp) == pgid and state != "Z":
             members.append(int(stat.parent.name))
     return members
+
+
+# -- the storage proxy -----------------------------------------------------------------------------------------
+
+
+class StorageProxy:
+    """`sweeper storage serve` over a database on a free loopback port, its output in ``log``; stopped (SIGTERM to
+    its group) when the test ends, if the test has not stopped it."""
+
+    def __init__(self, database: str, log: Path, *, env: dict[str, str], port: int = 0, args: Sequence[str] = ()):
+        import re
+        import sys
+
+        self.log = log
+        self.proc = start_process(
+            [sys.executable, "-m", "sweeper", "storage", "serve", "--storage", database, "--port", port, *args],
+            env={**os.environ, **env},
+            stdout=open(log, "ab"),  # noqa: SIM115 - the child keeps its own descriptor
+            stderr=subprocess.STDOUT,
+        )
+        found: list[str] = []
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"storage serve exited {self.proc.returncode}: {log.read_text()[-2000:]}")
+            found[:] = re.findall(r"ready at (grpc://\S+)", log.read_text())
+            return bool(found)
+
+        wait_for(ready, 60, "storage serve's ready line")
+        self.url = found[-1]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)

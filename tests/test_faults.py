@@ -44,17 +44,23 @@ def running_trial_with_epoch(storage: str, name: str) -> bool:
     )
 
 
-@pytest.mark.slow
-def test_killed_worker_trial_is_failed_retried_and_its_run_ended(image_folder, mlflow_server, pg_url, tmp_path):
-    common = ["--storage", pg_url, "--tracking-uri", mlflow_server.uri]
+def kill_a_worker_mid_trial(common: list[str], *, data: Path, pg_url: str, log: Path) -> None:
+    """`study run killed` on ``common`` (--storage ... --tracking-uri ...), SIGKILLed once its trial reported an
+    epoch (read from the database at ``pg_url``)."""
     victim = sweeper_proc(
-        "study", "run", "killed", "--data", image_folder, "--n-trials", 1, "--pruner", "none", *common,
+        "study", "run", "killed", "--data", data, "--n-trials", 1, "--pruner", "none", *common,
         "--set", *TINY, "train.epochs=40",
-        log=tmp_path / "victim.log",
+        log=log,
     )  # fmt: skip
     wait_for(lambda: running_trial_with_epoch(pg_url, "killed"), 120, "the victim's trial to report an epoch")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_is_failed_retried_and_its_run_ended(image_folder, mlflow_server, pg_url, tmp_path):
+    common = ["--storage", pg_url, "--tracking-uri", mlflow_server.uri]
+    kill_a_worker_mid_trial(common, data=image_folder, pg_url=pg_url, log=tmp_path / "victim.log")
     dead = optuna.load_study(study_name="killed", storage=pg_url).trials[0]
     assert dead.state == TrialState.RUNNING  # nobody told the storage: only the heartbeat can notice
     time.sleep(5)  # past the 4 s grace period

@@ -327,7 +327,7 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_stack_has_its_services(services: dict[str, Any]) -> None:
-    assert {"postgres", "mlflow", "optuna-dashboard", "init", "worker"} <= set(services)
+    assert {"postgres", "storage", "mlflow", "optuna-dashboard", "init", "worker"} <= set(services)
 
 
 def test_every_image_is_pinned(services: dict[str, Any]) -> None:
@@ -387,7 +387,7 @@ def test_published_ports_bind_loopback_only(services: dict[str, Any]) -> None:
         for port in service.get("ports", []):
             assert published_host_ip(port) == LOOPBACK, f"{name} publishes {port!r} beyond {LOOPBACK}"
             published += 1
-    assert published == 2  # the MLflow UI and Optuna Dashboard
+    assert published == 2  # the MLflow UI and Optuna Dashboard (neither PostgreSQL nor the storage proxy)
 
 
 def test_uis_are_on_their_documented_ports(services: dict[str, Any]) -> None:
@@ -509,7 +509,7 @@ def test_worker_reserves_one_gpu_and_waits_for_init(services: dict[str, Any]) ->
     assert worker["depends_on"] == {
         "init": {"condition": "service_completed_successfully"},
         "mlflow": {"condition": "service_healthy"},
-        "postgres": {"condition": "service_healthy"},
+        "storage": {"condition": "service_healthy"},
     }
     # `--scale worker=N` needs replicas that do not collide on a name or a host port.
     assert "container_name" not in worker and not worker.get("ports")
@@ -533,17 +533,33 @@ def test_init_creates_the_study_the_workers_run(services: dict[str, Any]) -> Non
 def test_sweeper_containers_get_storage_tracking_and_cache(services: dict[str, Any], compose: dict[str, Any]) -> None:
     for name in ("init", "worker"):
         env = services[name]["environment"]
-        assert env["SWEEPER_STORAGE"] == "postgresql+psycopg2://sweeper@postgres:5432/optuna"
-        assert env["PGPASSWORD_FILE"] == "/run/secrets/POSTGRES_PASSWORD"
+        assert env["SWEEPER_STORAGE"] == "grpc://storage:13000"  # the storage proxy: no database connection
+        assert "PGPASSWORD_FILE" not in env
+        assert [entry["target"] for entry in services[name]["secrets"]] == ["MLFLOW_ADMIN_PASSWORD"]
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert env["MLFLOW_TRACKING_USERNAME"] == "admin"
         assert env["MLFLOW_TRACKING_PASSWORD_FILE"] == "/run/secrets/MLFLOW_ADMIN_PASSWORD"
         assert env["SWEEPER_CACHE_DIR"] == "/cache"
         assert {"sweeper-cache:/cache", "sweeper-runs:/work/runs"} <= set(services[name]["volumes"])
     assert {"sweeper-cache", "sweeper-runs"} <= set(compose["volumes"])
-    remote = resolved(COMPOSE_FILE, SWEEPER_POSTGRES_HOST="10.0.0.5", SWEEPER_MLFLOW_URI="http://10.0.0.5:5000")
+    remote = resolved(COMPOSE_FILE, SWEEPER_STORAGE_HOST="10.0.0.5", SWEEPER_MLFLOW_URI="http://10.0.0.5:5000")
     env = remote["services"]["worker"]["environment"]
-    assert "@10.0.0.5:5432/optuna" in env["SWEEPER_STORAGE"] and env["MLFLOW_TRACKING_URI"] == "http://10.0.0.5:5000"
+    assert env["SWEEPER_STORAGE"] == "grpc://10.0.0.5:13000" and env["MLFLOW_TRACKING_URI"] == "http://10.0.0.5:5000"
+
+
+def test_the_storage_proxy_alone_holds_the_optuna_database(services: dict[str, Any]) -> None:
+    """`storage` serves the optuna database on the compose network only; the dashboard reads through it too, and
+    of the sweeper containers only `storage` has the database's password."""
+    storage = services["storage"]
+    assert storage["command"] == ["storage", "serve", "--host", "0.0.0.0", "--allow-remote", "--port", "13000"]
+    assert not storage.get("ports") and "network_mode" not in storage
+    assert storage["environment"]["SWEEPER_STORAGE"].startswith("postgresql+psycopg2://sweeper@postgres:5432/optuna?")
+    assert storage["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert "GrpcStorageProxy(host='127.0.0.1', port=13000).get_all_studies()" in storage["healthcheck"]["test"][-1]
+    assert services["optuna-dashboard"]["environment"] == {"OPTUNA_STORAGE": "grpc://storage:13000"}
+    with_password = {name for name, svc in services.items()
+                     if any(entry["target"] == "POSTGRES_PASSWORD" for entry in svc.get("secrets", []))}  # fmt: skip
+    assert with_password == {"postgres", "mlflow", "storage"}
 
 
 def test_data_dir_is_a_read_only_mount_in_init_and_the_workers(services: dict[str, Any]) -> None:
@@ -582,7 +598,7 @@ def test_postgres_init_creates_the_databases_mlflow_uses(services: dict[str, Any
     assert "./docker/postgres-init:/docker-entrypoint-initdb.d:ro" in services["postgres"]["volumes"]
     sql = " ".join(path.read_text() for path in sorted(POSTGRES_INIT_DIR.glob("*.sql")))
     created = set(re.findall(r"CREATE DATABASE (\w+);", sql))
-    used = {uri.rsplit("/", 1)[1] for where, uri in strings(services) if uri.startswith("postgresql")}
+    used = {uri.rsplit("/", 1)[1].split("?")[0] for where, uri in strings(services) if uri.startswith("postgresql")}
     env = services["postgres"]["environment"]
     assert used == created | {env["POSTGRES_DB"]} == {"optuna", "mlflow", "mlflow_auth"}
 

@@ -16,6 +16,7 @@ from sweeper import interrupts
 from sweeper.cli import config as _config
 from sweeper.cli import plot as _plot
 from sweeper.cli import replay as _replay
+from sweeper.cli import storage as _storage
 from sweeper.cli import study as _study
 from sweeper.cli import train as _train
 from sweeper.urls import MaskingStream
@@ -34,6 +35,7 @@ app.command("model")(_train.model)
 app.add_typer(_config.config_app, name="config")
 app.add_typer(_plot.plot_app, name="plot")
 app.add_typer(_study.study_app, name="study")
+app.add_typer(_storage.storage_app, name="storage")
 app.command("replay")(_replay.replay)
 
 

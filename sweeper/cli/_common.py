@@ -95,7 +95,7 @@ StorageOpt = Annotated[
     typer.Option(
         "--storage",
         help="Optuna storage URL; default $SWEEPER_STORAGE or sqlite:///sweeper.db. "
-        "Many workers: postgresql+psycopg2://user:pass@host:5432/db",
+        "Many workers: postgresql+psycopg2://user:pass@host:5432/db, or grpc://HOST:PORT (`sweeper storage serve`)",
         show_default=False,
         rich_help_panel=STORE_PANEL,
     ),
