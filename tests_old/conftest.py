@@ -1,0 +1,486 @@
+"""What the tests share: tiny configs, generated image sets, the CLI run in this process or as one, real servers
+on loopback (MLflow, PostgreSQL), processes stopped whatever happens, waits with deadlines, records read back.
+
+Test modules mirror the product's: tests/pipelines/..., tests/sweeper/..., tests/sweeper/cli/test_cli_<command>.py,
+tests/benchmarks/, tests/scripts/, tests/docker/. Nothing here is copied into them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.config import Config
+from sweeper.cli import SERVER_ENV, app, no_phoning_home
+
+no_phoning_home(os.environ)  # as the console script does: no telemetry or update check from the tests' imports
+
+CLASSES = ("circle", "cross", "square")
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.xz"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# -- tiny configs: a run of about a second on 2 CPU cores, on the image_folder fixture -----------------------------
+
+TRAIN_IMAGES, TEST_IMAGES = 300, 90  # the image_folder fixture's
+TINY_TRAIN = ["model.width=0.125", "train.batch_size=32", "train.device=cpu"]  # `--set` words for one run
+VAL_SIZE = 60  # studies hold out 60 of the 300 training images for validation
+TINY = [*TINY_TRAIN, f"data.val_size={VAL_SIZE}"]  # `--set` words for a study's trials (add train.epochs=N)
+
+
+def tiny_config(data: Path, out: Path, **overrides: object) -> Config:
+    """The recipe shrunk to train on ``data`` in about a second per epoch (3 epochs unless overridden), writing to
+    ``out``, caching decoded data beside it."""
+    base = {
+        "data.path": str(data),
+        "data.cache_dir": str(out.parent / "cache"),
+        "model.width": 0.125,
+        "train.epochs": 3,
+        "train.batch_size": 32,
+        "train.device": "cpu",
+        "train.out_dir": str(out),
+    }
+    return Config().with_overrides({**base, **overrides})
+
+
+def synthetic_images(n: int, *, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 32x32 RGB images: class k is a bright shape k at a random place on a noisy background.
+
+    Returns (uint8 (n, 32, 32, 3), int64 (n,)), labels balanced and in class order repeated.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    images = rng.integers(0, 90, size=(n, 32, 32, 3), dtype=np.int64)
+    yy, xx = np.mgrid[0:32, 0:32]
+    for i, label in enumerate(labels):
+        cy, cx = rng.integers(10, 22, size=2)
+        color = rng.integers(150, 256, size=3)
+        if label % 3 == 0:  # disc
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= 36
+        elif label % 3 == 1:  # cross
+            mask = ((abs(yy - cy) <= 1) & (abs(xx - cx) <= 7)) | ((abs(xx - cx) <= 1) & (abs(yy - cy) <= 7))
+        else:  # hollow square
+            box = (abs(yy - cy) <= 6) & (abs(xx - cx) <= 6)
+            mask = box & ~((abs(yy - cy) <= 4) & (abs(xx - cx) <= 4))
+        images[i][mask] = color
+    return images.astype(np.uint8), labels.astype(np.int64)
+
+
+def write_image_folder(root: Path, *, n_train: int = 60, n_test: int = 30, classes=CLASSES, seed: int = 0) -> Path:
+    """Write ``root/train/<class>/i.png`` and ``root/test/<class>/i.png``; returns root."""
+    for split, n, split_seed in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        images, labels = synthetic_images(n, classes=len(classes), seed=split_seed)
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            folder = root / split / classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i:05d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-class ImageFolder: 300 train and 90 test PNGs (shared by the session; do not modify)."""
+    return write_image_folder(tmp_path_factory.mktemp("synthetic") / "shapes", n_train=300, n_test=90)
+
+
+@pytest.fixture()
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own folder, so default outputs (runs/, sweeper.db, mlruns) never leak."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SWEEPER_CACHE_DIR", str(tmp_path / "cache"))
+
+
+# -- real servers on loopback ----------------------------------------------------------------------------------
+
+PG_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"  # trust auth on this machine and in CI
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 0.3 s until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def create_database(prefix: str) -> str:
+    """A fresh, uniquely named PostgreSQL database; returns its SQLAlchemy URL. Dropped by ``drop_database``."""
+    import uuid
+
+    import sqlalchemy
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.OperationalError as err:
+        missing(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {err.orig}")
+    finally:
+        engine.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(url: str) -> None:
+    import sqlalchemy
+
+    name = url.rsplit("/", 1)[1]
+    engine = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        engine.dispose()
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(reason: str) -> None:
+    """A prerequisite of this machine is absent: skip on a developer's machine, fail in CI (where it must exist)."""
+    if _in_ci():
+        pytest.fail(f"{reason} (required in CI)")
+    pytest.skip(reason)
+
+
+@pytest.fixture()
+def shared_cifar() -> Path:
+    """The shared CIFAR-10 JPEG copy beside the checkout (CI has it)."""
+    if not SHARED_CIFAR.is_file():
+        missing(f"shared CIFAR-10 copy missing: {SHARED_CIFAR}")
+    return SHARED_CIFAR
+
+
+@pytest.fixture()
+def pg_url() -> object:
+    """A fresh PostgreSQL database for one test (Optuna storage)."""
+    url = create_database("sweeper_test")
+    yield url
+    drop_database(url)
+
+
+class MlflowServer:
+    """``mlflow server --workers 1`` on a free loopback port, backed by its own PostgreSQL database."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.backend = create_database("sweeper_mlflow")
+        self.proc = None
+
+    def start(self, timeout: float = 90.0) -> None:
+        import sys
+        import urllib.request
+
+        (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
+        with open(self.root / "mlflow-server.log", "ab") as log:  # the child keeps its own copy
+            # its own process group (start_new_session), so that stop() ends its gunicorn/uvicorn workers too; not a
+            # start_process: a session's server outlives the test that first asked for it
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
+                    str(self.port), "--workers", "1", "--backend-store-uri", self.backend,
+                    "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                # no job-runner consumers (each would hold its own connections to the backend database), no telemetry
+                env={**os.environ, **SERVER_ENV},
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mlflow server exited: {(self.root / 'mlflow-server.log').read_text()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as resp:
+                        if resp.status == 200:
+                            return
+                except OSError:
+                    time.sleep(0.5)
+            raise RuntimeError(f"mlflow server did not answer within {timeout}s")
+        except BaseException:
+            self.stop()  # a server that never answered leaves no process behind either
+            raise
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process_group(self.proc)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """One tracking server for the whole session (it takes ~13 s to start here)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server
+    server.stop()
+    drop_database(server.backend)
+
+
+# -- processes a test starts ---------------------------------------------------------------------------------------
+
+_started: list[subprocess.Popen] = []
+
+
+def start_process(args: Sequence[Any], **popen: Any) -> subprocess.Popen:
+    """``subprocess.Popen`` in a process group of its own; the group (the process and everything it started) is
+    stopped when the test ends, whether it passed or not."""
+    proc = subprocess.Popen([str(a) for a in args], start_new_session=True, **popen)
+    _started.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left() -> Iterator[None]:
+    yield
+    while _started:
+        stop_process_group(_started.pop())
+
+
+def stop_process_group(proc: subprocess.Popen, *, grace: float = 20.0) -> None:
+    """SIGTERM to the process group ``proc`` leads (it was started with start_new_session), up to ``grace``
+    seconds for every member to exit, then SIGKILL to what is left. Returns when none is left."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        if proc.poll() is not None and not _group_members(proc.pid):
+            return
+        with contextlib.suppress(ProcessLookupError):  # the group is empty, the leader a zombie: only reaping left
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not _group_members(proc.pid):
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"process group {proc.pid} survived SIGKILL: {_group_members(proc.pid)}")
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that still run (zombies excluded: an orphan waits for PID 1 to reap it)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # it exited while we looked
+            continue
+        state, _ppid, pgrp = text.rsplit(")", 1)[1].split()[:3]  # after "pid (comm)": comm may hold ") "
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+# -- the CLI, in this process (typer's CliRunner) -------------------------------------------------------------------
+
+
+def invoke(*args: object, env: Mapping[str, str] | None = None, catch_exceptions: bool = True) -> Any:
+    """``sweeper ARGS...`` in this process; the result has exit_code, stdout and stderr apart."""
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=catch_exceptions)
+
+
+def strict_json(text: str) -> Any:
+    """json.loads that refuses NaN and Infinity, which other JSON readers (jq, JavaScript) reject."""
+
+    def reject(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def assert_user_error(result: Any, *fragments: str) -> None:
+    """Exit 2, one stderr line ``error: ...`` naming each fragment, no traceback, nothing on stdout."""
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def assert_png(path: Path) -> None:
+    """A real PNG file, not an empty one."""
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    assert path.stat().st_size > 1024, path
+
+
+# -- the CLI as users run it: its own process ----------------------------------------------------------------------
+
+
+def sweeper_command(*args: object) -> list[str]:
+    return [sys.executable, "-m", "sweeper", *map(str, args)]
+
+
+def run_sweeper(
+    *args: object, cwd: Path | None = None, env: Mapping[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m sweeper ARGS...`` to its end; ``env`` is added to this process's environment."""
+    return subprocess.run(
+        sweeper_command(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def start_sweeper(*args: object, log: Path | None = None, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """``python -m sweeper ARGS...`` started (see start_process), stdout and stderr appended to ``log``."""
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its own copy
+    try:
+        return start_process(
+            sweeper_command(*args), env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
+        )
+    finally:
+        if log is not None:
+            out.close()
+
+
+def heartbeat_env(*, heartbeat: int = 1, grace: int = 4, **more: object) -> dict[str, str]:
+    """Environment for workers whose dead trials are found in seconds: a heartbeat every ``heartbeat`` s, stale after
+    ``grace`` s; ``more``: further SWEEPER_* variables by lower-case suffix (outage_seconds=3 ->
+    SWEEPER_DB_OUTAGE_SECONDS, retry_max_delay=0.5 -> SWEEPER_RETRY_MAX_DELAY)."""
+    names = {"outage_seconds": "SWEEPER_DB_OUTAGE_SECONDS"}
+    env = {"SWEEPER_HEARTBEAT_SECONDS": str(heartbeat), "SWEEPER_GRACE_SECONDS": str(grace)}
+    env.update({names.get(key, f"SWEEPER_{key.upper()}"): str(value) for key, value in more.items()})
+    return env
+
+
+# -- what the stores hold ------------------------------------------------------------------------------------------
+
+
+def load_trials(storage: str, name: str) -> list[Any]:
+    """The trials of study ``name`` in ``storage``, or [] while the study (or its database file) is not made."""
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage).trials
+    except (KeyError, RuntimeError, optuna.exceptions.StorageInternalError):
+        return []
+
+
+def reported_epoch(storage: str, name: str) -> bool:
+    """A trial of ``name`` runs, has its MLflow run and has reported an epoch."""
+    from optuna.trial import TrialState
+
+    return any(
+        t.state == TrialState.RUNNING and t.intermediate_values and "mlflow_run_id" in t.user_attrs
+        for t in load_trials(storage, name)
+    )
+
+
+def wait_until_stale(storage: str, name: str, *, grace: float, timeout: float = 60) -> None:
+    """Until a running trial of ``name`` has had no heartbeat for ``grace`` seconds, as the next worker will judge
+    it (Optuna's own query, read-only)."""
+    import optuna
+
+    reader = optuna.storages.RDBStorage(storage, heartbeat_interval=1, grace_period=int(grace))
+    try:
+        study_id = reader.get_study_id_from_name(name)
+        wait_for(lambda: bool(reader._get_stale_trial_ids(study_id)), timeout, f"a stale trial of {name}")
+    finally:
+        reader.engine.dispose()
+
+
+def artifacts(client: Any, run_id: str, path: str | None = None) -> set[str]:
+    """Every artifact path of an MLflow run, folders walked."""
+    out: set[str] = set()
+    for info in client.list_artifacts(run_id, path):
+        out |= artifacts(client, run_id, info.path) if info.is_dir else {info.path}
+    return out
+
+
+class Outage:
+    """Every connection to the PostgreSQL database at ``url`` is cut every ``every`` seconds and, with ``refuse``,
+    new ones are refused, from ``start()`` (or entering the block) until ``end()``; ``cuts`` counts those cut."""
+
+    def __init__(self, url: str, *, refuse: bool = True, every: float = 0.2) -> None:
+        import sqlalchemy
+
+        self.name = url.rsplit("/", 1)[1]
+        self.refuse, self.every = refuse, every
+        self.admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        self.stop = threading.Event()
+        self.cuts = 0
+        self.thread = threading.Thread(target=self._cut, daemon=True)
+
+    def _allow(self, allowed: bool) -> None:
+        import sqlalchemy
+
+        with self.admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
+
+    def start(self) -> Outage:
+        if self.refuse:
+            self._allow(False)
+        self.thread.start()
+        return self
+
+    def _cut(self) -> None:
+        import sqlalchemy
+
+        while not self.stop.is_set():
+            with self.admin.connect() as conn:
+                rows = conn.execute(
+                    sqlalchemy.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :db AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": self.name},
+                ).fetchall()
+            self.cuts += sum(1 for (ok,) in rows if ok)
+            self.stop.wait(self.every)
+
+    def end(self) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+        if self.refuse:
+            self._allow(True)
+        self.admin.dispose()
+
+    def __enter__(self) -> Outage:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.end()
+
+
+def count_lines(path: Path, text: str) -> Callable[[], int]:
+    """How many lines of the file ``path`` (a worker's log) hold ``text``, read anew at each call."""
+
+    def count() -> int:
+        return sum(text in line for line in path.read_text(errors="replace").splitlines()) if path.exists() else 0
+
+    return count
