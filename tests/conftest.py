@@ -30,9 +30,10 @@ from pipelines.config import Config
 from pipelines.data import ImageSet, Splits
 from pipelines.errors import UserError
 from pipelines.result import Result
-from sweeper.cli import SERVER_ENV, app, no_phoning_home
+from sweeper.cli import SERVER_ENV, app, no_phoning_home, quiet_libraries
 
 no_phoning_home(os.environ)  # as the console script does: no telemetry or update check from the tests' imports
+quiet_libraries()  # and no INFO lines of Optuna's or MLflow's among what commands run in this process print
 
 CLASSES = ("circle", "cross", "square")
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.xz"
@@ -45,6 +46,18 @@ TRAIN_IMAGES, TEST_IMAGES = 300, 90  # the image_folder fixture's
 TINY_TRAIN = ["model.width=0.125", "train.batch_size=32", "train.device=cpu"]  # `--set` words for one run
 VAL_SIZE = 60  # studies hold out 60 of the 300 training images for validation
 TINY = [*TINY_TRAIN, f"data.val_size={VAL_SIZE}"]  # `--set` words for a study's trials (add train.epochs=N)
+TRIAL_STEPS_PER_EPOCH = (TRAIN_IMAGES - VAL_SIZE) // 32  # a trial's optimizer steps per epoch on the shapes
+# A space over four LR policies, each with keys searched only when it is drawn (a conditional space)
+POLICY_SPACE = {
+    "params": {
+        "lr": {"type": "float", "low": 0.05, "high": 0.5, "log": True},
+        "schedule.policy": {"type": "categorical", "choices": ["one_cycle", "step", "cosine", "plateau"]},
+        "schedule.milestones": {"type": "categorical", "choices": [[1], [1.5]], "when": {"schedule.policy": "step"}},
+        "schedule.gamma": {"type": "float", "low": 0.1, "high": 0.5, "when": {"schedule.policy": "step"}},
+        "schedule.end_div": {"type": "categorical", "choices": [10, 100], "when": {"schedule.policy": "cosine"}},
+        "schedule.patience": {"type": "int", "low": 0, "high": 1, "when": {"schedule.policy": ["plateau"]}},
+    }
+}
 
 
 def tiny_config(data: Path, out: Path, **overrides: object) -> Config:
@@ -433,6 +446,16 @@ def invoke(*args: object, env: Mapping[str, str] | None = None, catch_exceptions
     return CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=catch_exceptions)
 
 
+def study_init(name: str, data: Path, storage: str, *extra: str, tracking: str = "sqlite:///mlflow.db") -> None:
+    """``sweeper study init NAME`` on the shapes with TINY trials (random sampler, no pruner), in this process;
+    ``extra``: more ``--set`` words (e.g. train.epochs=4)."""
+    result = invoke(
+        "study", "init", name, "--data", data, "--storage", storage, "--tracking-uri", tracking,
+        "--sampler", "random", "--pruner", "none", "--set", *TINY, *extra, catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
 def strict_json(text: str) -> Any:
     """json.loads that refuses NaN and Infinity, which other JSON readers (jq, JavaScript) reject."""
 
@@ -461,6 +484,42 @@ def assert_png(path: Path) -> None:
     assert path.stat().st_size > 1024, path
 
 
+@pytest.fixture()
+def console_script(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., tuple[int, str]]:
+    """The console script's entry point (sweeper.cli.main: masked streams, logging, signal handlers, then the
+    command) run in this process: ``console_script(*args)`` -> (exit code, stdout + stderr). What main() sets up
+    for the process is undone after each call, and pytest's log handlers step aside so that its logging.basicConfig
+    writes log lines to the masked stderr, as in a process of its own."""
+    import logging
+
+    from sweeper import cli
+
+    def run(*args: object) -> tuple[int, str]:
+        root = logging.getLogger()
+        saved = (sys.stdout, sys.stderr, sys.unraisablehook, root.handlers[:], root.level)
+        handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        monkeypatch.setattr(sys, "argv", ["sweeper", *map(str, args)])
+        capsys.readouterr()
+        root.handlers.clear()
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else 1
+        finally:
+            sys.stdout, sys.stderr, sys.unraisablehook = saved[:3]
+            root.handlers[:] = saved[3]
+            root.setLevel(saved[4])
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    return run
+
+
 # -- the CLI as users run it: its own process ----------------------------------------------------------------------
 
 
@@ -478,13 +537,17 @@ def run_sweeper(
     )  # fmt: skip
 
 
-def start_sweeper(*args: object, log: Path | None = None, env: Mapping[str, str] | None = None) -> subprocess.Popen:
-    """``python -m sweeper ARGS...`` started (see start_process), stdout and stderr appended to ``log``."""
+def start_sweeper(
+    *args: object, log: Path | None = None, env: Mapping[str, str] | None = None, stdout: bool = True
+) -> subprocess.Popen:
+    """``python -m sweeper ARGS...`` started (see start_process): stderr, and stdout unless ``stdout`` is False,
+    appended to ``log``."""
     out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its own copy
     try:
         return start_process(
-            sweeper_command(*args), env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
-        )
+            sweeper_command(*args), env={**os.environ, **(env or {})},
+            stdout=out if stdout else subprocess.DEVNULL, stderr=out,
+        )  # fmt: skip
     finally:
         if log is not None:
             out.close()

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Any
+
 import pytest
-import yaml
-from typer.testing import CliRunner
-from pipelines.config import Config
-from sweeper.cli import app
+
+from conftest import TINY_TRAIN, assert_user_error, invoke, strict_json
 
 
 def test_lr_find_accuracy_logs_a_parent_and_one_child_per_lr(image_folder: Path, tmp_path: Path) -> None:
@@ -20,7 +16,7 @@ def test_lr_find_accuracy_logs_a_parent_and_one_child_per_lr(image_folder: Path,
 
     result = invoke(
         "lr-find", "--metric", "accuracy", "--epochs", "1", "--min-lr", "0.01", "--max-lr", "1", "--points", "3",
-        "--tracking-uri", "sqlite:///mlflow.db", "--json", "--data", str(image_folder), "--set", *TINY,
+        "--tracking-uri", "sqlite:///mlflow.db", "--json", "--data", str(image_folder), "--set", *TINY_TRAIN,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     payload = strict_json(result.stdout)
@@ -46,7 +42,7 @@ def test_lr_find_accuracy_logs_a_parent_and_one_child_per_lr(image_folder: Path,
 def test_lr_find_accuracy_mistakes_leave_no_mlflow_record(image_folder: Path, tmp_path: Path) -> None:
     result = invoke(
         "lr-find", "--metric", "accuracy", "--epochs", "3", "--lrs", "0.1,0.2", "--tracking-uri", "sqlite:///m.db",
-        "--data", str(image_folder), "--set", *TINY, "schedule.policy=step", "schedule.milestones=[4]",
+        "--data", str(image_folder), "--set", *TINY_TRAIN, "schedule.policy=step", "schedule.milestones=[4]",
         "train.epochs=6",
     )  # fmt: skip
     assert_user_error(result, "schedule.milestones")

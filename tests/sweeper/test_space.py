@@ -4,36 +4,19 @@ the effective decay, the shipped example."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+
 import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
-from typer.testing import CliRunner
+
+from conftest import POLICY_SPACE, TINY, TRIAL_STEPS_PER_EPOCH, invoke
 from pipelines.config import Config
-from sweeper.cli import app
 from sweeper.space import load_space
 from sweeper.urls import absolute_sqlite
 
-
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "schedules.yaml"
-
-
-STEPS = (300 - 60) // 32 * 2  # the fixture's 300 images less 60 held out, in batches of 32, for 2 epochs
-
-
-POLICIES = {
-    "params": {
-        "lr": {"type": "float", "low": 0.05, "high": 0.5, "log": True},
-        "schedule.policy": {"type": "categorical", "choices": ["one_cycle", "step", "cosine", "plateau"]},
-        "schedule.milestones": {"type": "categorical", "choices": [[1], [1.5]], "when": {"schedule.policy": "step"}},
-        "schedule.gamma": {"type": "float", "low": 0.1, "high": 0.5, "when": {"schedule.policy": "step"}},
-        "schedule.end_div": {"type": "categorical", "choices": [10, 100], "when": {"schedule.policy": "cosine"}},
-        "schedule.patience": {"type": "int", "low": 0, "high": 1, "when": {"schedule.policy": ["plateau"]}},
-    }
-}
 
 
 CONDITIONAL = {"step": {"schedule.milestones", "schedule.gamma"}, "cosine": {"schedule.end_div"}}
@@ -51,10 +34,10 @@ def test_the_shipped_example_compares_three_policies_with_and_without_warmup():
 
 def test_a_conditional_key_is_suggested_only_when_its_policy_is_drawn(image_folder, tmp_path):
     space = tmp_path / "policies.yaml"
-    space.write_text(yaml.safe_dump(POLICIES))
+    space.write_text(yaml.safe_dump(POLICY_SPACE))
     result = invoke(
         "study", "run", "policies", "--data", image_folder, "--space", space, "--sampler", "random", "--seed", "1",
-        "--n-trials", 8, "--pruner", "none", "--json", "--set", *TINY,
+        "--n-trials", 8, "--pruner", "none", "--json", "--set", *TINY, "train.epochs=2",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="policies", storage="sqlite:///sweeper.db")
@@ -76,7 +59,7 @@ def test_a_conditional_key_is_suggested_only_when_its_policy_is_drawn(image_fold
             assert list(config.schedule.milestones) == yaml.safe_load(trial.params["schedule.milestones"])
             assert config.schedule.gamma == pytest.approx(trial.params["schedule.gamma"])
         lr_history = client.get_metric_history(trial.user_attrs["mlflow_run_id"], "lr")
-        assert sorted(m.step for m in lr_history) == list(range(STEPS))  # plateau's too, as used
+        assert sorted(m.step for m in lr_history) == list(range(2 * TRIAL_STEPS_PER_EPOCH))  # plateau's too, as used
     rows = json.loads(result.stdout)["trials"]
     assert all(row["state"] == "complete" for row in rows)
 
@@ -104,7 +87,7 @@ def test_a_bad_condition_exits_2_naming_it(image_folder, tmp_path, spec, fragmen
 def test_a_study_with_lr_scaling_logs_the_trained_lr_and_the_reference_one(image_folder):
     result = invoke(
         "study", "run", "scaled", "--data", image_folder, "--n-trials", 1, "--sampler", "random", "--json",
-        "--set", *TINY, "optim.lr_scaling=sqrt", "optim.reference_batch_size=128",
+        "--set", *TINY, "train.epochs=2", "optim.lr_scaling=sqrt", "optim.reference_batch_size=128",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     (trial,) = optuna.load_study(study_name="scaled", storage="sqlite:///sweeper.db").trials
@@ -136,7 +119,7 @@ def test_a_value_valid_under_some_policy_of_the_space_is_accepted(image_folder, 
             sort_keys=False,
         )
     )
-    tiny = [*TINY[:-1], "train.epochs=4", "train.device=cpu"]
+    tiny = [*TINY, "train.epochs=4"]
     result = invoke("study", "run", "ok", "--data", image_folder, "--space", space, "--n-trials", 2, "--sampler",
                     "random", "--json", "--set", *tiny)  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
-from mlflow import MlflowClient
-from typer.testing import CliRunner
-from conftest import free_port
-from sweeper.cli import app
-from sweeper.spool import LogQueue, sync_spool
-from sweeper.urls import RunsLink, absolute_sqlite, mask_url, runs_link
-import os
-import signal
-import subprocess
-import sys
-import time
+
 import optuna
 import pytest
+from mlflow import MlflowClient
 from optuna.trial import TrialState
-from conftest import MlflowServer, free_port, start_process, wait_for, write_image_folder
+
+from conftest import TINY, MlflowServer, free_port, invoke, reported_epoch, wait_for
+from sweeper.spool import LogQueue, sync_spool
 from sweeper.urls import absolute_sqlite
 
 
@@ -58,26 +52,28 @@ def test_unreachable_server_spools_in_order_and_sync_replays_with_pending_ids(tm
 def test_mlflow_outage_mid_study_is_spooled_and_synced(image_folder, tmp_path):
     server = MlflowServer(tmp_path / "outage-server")
     server.start()
-    try:
-        storage = f"sqlite:///{tmp_path / 'sweeper.db'}"
-        common = ["--storage", storage, "--tracking-uri", server.uri]
-        proc = sweeper_proc(
-            "study", "run", "outage", "--data", image_folder, "--n-trials", 3, "--pruner", "none",
-            *common, "--set", *TINY, "train.epochs=3",
-            log=tmp_path / "run.log",
-        )  # fmt: skip
-        wait_for(lambda: running_trial_with_epoch(storage, "outage"), 120, "the first trial")
+    storage = f"sqlite:///{tmp_path / 'sweeper.db'}"
+    common = ["--storage", storage, "--tracking-uri", server.uri]
+
+    def stop_the_server_mid_trial() -> None:
+        wait_for(lambda: reported_epoch(storage, "outage"), 120, "the first trial")
         server.stop()
-        assert proc.wait(timeout=400) == 0, (tmp_path / "run.log").read_text()[-3000:]
+
+    outage = threading.Thread(target=stop_the_server_mid_trial, daemon=True)
+    try:
+        outage.start()
+        run = invoke("study", "run", "outage", "--data", image_folder, "--n-trials", 3, "--pruner", "none", *common,
+                     "--set", *TINY, "train.epochs=3")  # fmt: skip
+        outage.join()
+        assert run.exit_code == 0, run.output
+        assert server.proc is None, "the server was never stopped"
         study = optuna.load_study(study_name="outage", storage=storage)
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3  # training went on
         spool = Path("runs/outage/spool")
         assert list(spool.glob("*.jsonl")), "nothing was spooled"
 
         server.start()
-        synced = CliRunner().invoke(
-            app, ["study", "sync", "outage", "--tracking-uri", server.uri, "--storage", storage, "--json"]
-        )
+        synced = invoke("study", "sync", "outage", "--tracking-uri", server.uri, "--storage", storage, "--json")
         assert synced.exit_code == 0, synced.output
         done = json.loads(synced.stdout)
         assert done["operations"] > 0 and done["run_ids"] and done["run_ids_recorded"]
@@ -92,7 +88,7 @@ def test_mlflow_outage_mid_study_is_spooled_and_synced(image_folder, tmp_path):
             assert [m.step for m in client.get_metric_history(run.info.run_id, "test_accuracy")] == [3]  # at the end
             names = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
             assert names == {"plots/lr_schedule.png", "plots/curves.png", "plots/misclassified.png"}
-        shown = CliRunner().invoke(app, ["study", "show", "outage", "--storage", storage, "--json"])
+        shown = invoke("study", "show", "outage", "--storage", storage, "--json")
         recorded = sorted(t["mlflow_run_id"] for t in json.loads(shown.stdout)["trials"])
         assert recorded == sorted(r.info.run_id for r in children)  # the real ids, no pending- placeholder
     finally:

@@ -3,29 +3,33 @@ trials, against the real PostgreSQL (and SQLite as Optuna opens it)."""
 
 from __future__ import annotations
 
-import optuna
-import sqlalchemy
-from optuna.trial import TrialState
-from sweeper.storage import ResilientStorage, make_storage
-import os
+import itertools
+import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
+
+import optuna
 import pytest
-from typer.testing import CliRunner
-from conftest import PG_ADMIN_URL, start_process, wait_for
-from sweeper.cli import app
-import json
+import sqlalchemy
 from mlflow import MlflowClient
-from conftest import start_process
-import signal
-from conftest import MlflowServer, free_port, start_process, wait_for, write_image_folder
-from sweeper.urls import absolute_sqlite
-from pipelines.callbacks import EpochMetrics
-from sweeper.objective import Objective
-from sweeper.trials import StudyObserver, TrialReporter
+from optuna.trial import TrialState
+
+from conftest import (
+    TINY,
+    Outage,
+    count_lines,
+    heartbeat_env,
+    reported_epoch,
+    run_sweeper,
+    start_sweeper,
+    study_init,
+    wait_for,
+    wait_until_stale,
+)
+from pipelines.errors import UserError
+from sweeper.retry import FIRST_DELAY, MAX_DELAY
+from sweeper.storage import ResilientStorage, StorageUnavailable, make_storage, outage_seconds, retry_delays
 
 
 def cut() -> sqlalchemy.exc.OperationalError:
@@ -101,28 +105,97 @@ def test_connection_errors_are_told_from_rejected_statements_and_bad_credentials
     assert not is_connection_error(ValueError("no database involved"))
 
 
-def init(name: str, data: Path, storage: str, *extra: str) -> None:
-    result = CliRunner().invoke(
-        app,
-        ["study", "init", name, "--data", str(data), "--storage", storage, "--tracking-uri", "sqlite:///mlflow.db",
-         "--sampler", "random", "--pruner", "none", "--set", *TINY, *extra],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
+# -- how long a worker waits, and how it backs off: parameters, and the environment for worker processes ------------
+
+
+def test_the_back_off_comes_from_the_environment_in_seconds_with_fractions(monkeypatch):
+    assert retry_delays() == (FIRST_DELAY, MAX_DELAY)
+    monkeypatch.setenv("SWEEPER_RETRY_DELAY", "0.1")
+    monkeypatch.setenv("SWEEPER_RETRY_MAX_DELAY", "0.5")
+    assert retry_delays() == (0.1, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SWEEPER_RETRY_MAX_DELAY": "fast"}, "SWEEPER_RETRY_MAX_DELAY must be a number of seconds, got 'fast'"),
+        ({"SWEEPER_RETRY_DELAY": "0"}, "SWEEPER_RETRY_DELAY must be a number of seconds > 0, got '0'"),
+        ({"SWEEPER_RETRY_MAX_DELAY": "inf"}, "SWEEPER_RETRY_MAX_DELAY must be a number of seconds > 0, got 'inf'"),
+        (
+            {"SWEEPER_RETRY_DELAY": "2", "SWEEPER_RETRY_MAX_DELAY": "1"},
+            "SWEEPER_RETRY_MAX_DELAY (1) must be at least SWEEPER_RETRY_DELAY (2)",
+        ),
+    ],
+)
+def test_a_back_off_that_cannot_work_is_a_user_error_naming_the_variable(monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError) as info:
+        retry_delays()
+    assert str(info.value) == message
+
+
+def test_the_outage_a_worker_waits_out_leaves_the_heartbeat_its_last_back_off(monkeypatch):
+    """grace > heartbeat + outage + the longest back-off sleep: the trial of a worker that comes back is not failed."""
+    monkeypatch.setenv("SWEEPER_HEARTBEAT_SECONDS", "1")
+    monkeypatch.setenv("SWEEPER_GRACE_SECONDS", "14")
+    assert outage_seconds() == 14 - 1 - 8 - 1  # the default longest sleep, 8 s
+    monkeypatch.setenv("SWEEPER_RETRY_MAX_DELAY", "0.5")
+    assert outage_seconds() == 14 - 1 - 1 - 1  # half a second, rounded up
+    monkeypatch.setenv("SWEEPER_DB_OUTAGE_SECONDS", "12")
+    with pytest.raises(UserError, match=r"at most SWEEPER_GRACE_SECONDS - SWEEPER_HEARTBEAT_SECONDS - 2 = 11"):
+        outage_seconds()
+    monkeypatch.setenv("SWEEPER_DB_OUTAGE_SECONDS", "11")
+    assert outage_seconds() == 11
+
+
+def test_a_storage_in_an_outage_retries_with_the_back_off_it_was_given_then_stops(tmp_path, monkeypatch):
+    backend = optuna.storages.get_storage(
+        optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'x.db'}", heartbeat_interval=60)
+    )
+    storage = ResilientStorage(backend, url="db", outage_seconds=1.0, first_delay=0.1, max_delay=0.2)
+    tries: list[float] = []
+
+    def refused(self, *args, **kwargs):
+        tries.append(time.monotonic())
+        raise cut()
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "get_all_studies", refused)
+    with pytest.raises(StorageUnavailable, match="the database at db did not answer for 1 s"):
+        storage.get_all_studies()
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert len(tries) >= 5 and gaps[0] == pytest.approx(0.1, abs=0.05)  # 0.1, 0.2, 0.2, ... within the second
+    assert max(gaps) < 0.3
+    tried = len(tries)
+    with pytest.raises(StorageUnavailable):  # and every later call, at once
+        storage.get_all_studies()
+    assert len(tries) == tried
+
+
+# -- outages, for real: a worker process against a database that refuses or drops its connections -----------------
+
+# The back-off during an outage: its first and longest sleep (seconds), small, so that seconds of outage cost seconds
+FAST_RETRY = {"retry_delay": 0.1, "retry_max_delay": 0.5}
+
+
+def study_run(name: str, storage: str, log: Path, *args: object, env: dict[str, str]) -> subprocess.Popen:
+    return start_sweeper(
+        "study", "run", name, "--storage", storage, "--tracking-uri", "sqlite:///mlflow.db", *args, log=log, env=env
+    )
 
 
 @pytest.mark.slow
 def test_connections_refused_for_seconds_mid_trial_do_not_end_the_worker(image_folder, pg_url, tmp_path):
-    init("refused", image_folder, pg_url, "train.epochs=8")
+    study_init("refused", image_folder, pg_url, "train.epochs=4")
     log = tmp_path / "worker.log"
-    proc = worker("refused", pg_url, log, "--n-trials", 2, env={"SWEEPER_DB_OUTAGE_SECONDS": "60"})
-    try:
-        wait_for(lambda: running_with_an_epoch(pg_url, "refused"), 120, "a trial to report an epoch")
-        outage = Outage(pg_url).start()
-        time.sleep(6)  # several storage calls and heartbeats fall into it
-        outage.end()
-        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
-    finally:
-        proc.kill()
+    # heartbeats every second fall into the outage too; the grace period outlasts what the worker waits out
+    env = heartbeat_env(heartbeat=1, grace=70, outage_seconds=60, **FAST_RETRY)
+    proc = study_run("refused", pg_url, log, "--n-trials", 2, env=env)
+    wait_for(lambda: reported_epoch(pg_url, "refused"), 120, "a trial to report an epoch")
+    with Outage(pg_url) as outage:
+        # several storage calls, each retried a few times (about 2 s of back-off in all)
+        wait_for(lambda: count_lines(log, "retrying in")() >= 5, 60, "the worker to retry its storage calls")
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert outage.cuts >= 1, "the outage never caught the worker's connection open"
     study = optuna.load_study(study_name="refused", storage=pg_url)
     assert len(study.trials) == 2  # recorded, none failed or left running (a random λ may diverge: pruned)
@@ -132,28 +205,22 @@ def test_connections_refused_for_seconds_mid_trial_do_not_end_the_worker(image_f
 
 @pytest.mark.slow
 def test_an_outage_past_the_limit_stops_the_worker_with_one_line_and_the_next_recovers(image_folder, pg_url, tmp_path):
-    init("gone", image_folder, pg_url, "train.epochs=40")
+    study_init("gone", image_folder, pg_url, "train.epochs=40")
     log = tmp_path / "worker.log"
-    # the grace period must outlast the outage a worker waits out (else live trials are failed): 14 >= 1 + 3 + 9
-    env = {"SWEEPER_DB_OUTAGE_SECONDS": "3", "SWEEPER_HEARTBEAT_SECONDS": "1", "SWEEPER_GRACE_SECONDS": "14"}
-    proc = worker("gone", pg_url, log, "--n-trials", 1, env=env)
-    try:
-        wait_for(lambda: running_with_an_epoch(pg_url, "gone"), 120, "a trial to report an epoch")
-        outage = Outage(pg_url).start()
-        try:
-            rc = proc.wait(timeout=120)
-        finally:
-            outage.end()
-    finally:
-        proc.kill()
+    # the grace period must outlast the outage a worker waits out (else live trials are failed): 6 >= 1 + 3 + 1 + 1
+    env = heartbeat_env(heartbeat=1, grace=6, outage_seconds=3, **FAST_RETRY)
+    proc = study_run("gone", pg_url, log, "--n-trials", 1, env=env)
+    wait_for(lambda: reported_epoch(pg_url, "gone"), 120, "a trial to report an epoch")
+    with Outage(pg_url):
+        rc = proc.wait(timeout=120)
     err = log.read_text()
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 2, err[-3000:]
     assert len(lines) == 1 and "did not answer for 3 s" in lines[0], err[-3000:]
     assert "SWEEPER_DB_OUTAGE_SECONDS" in lines[0]
     assert "Traceback" not in err and "UnboundLocalError" not in err
-    time.sleep(15)  # past the grace period: the stranded trial is stale
-    again = worker("gone", pg_url, tmp_path / "again.log", "--n-trials", 1, "--set", "train.epochs=1", env=env)
+    wait_until_stale(pg_url, "gone", grace=6)  # the stranded trial, as the next worker will find it
+    again = study_run("gone", pg_url, tmp_path / "again.log", "--n-trials", 1, "--set", "train.epochs=1", env=env)
     assert again.wait(timeout=180) == 0, (tmp_path / "again.log").read_text()[-3000:]
     trials = optuna.load_study(study_name="gone", storage=pg_url).trials
     assert not [t for t in trials if t.state == TrialState.RUNNING]  # nothing RUNNING forever
@@ -163,42 +230,14 @@ def test_an_outage_past_the_limit_stops_the_worker_with_one_line_and_the_next_re
 @pytest.mark.slow
 def test_dropped_database_connection_does_not_kill_the_worker(image_folder, pg_url, tmp_path):
     """pg_terminate_backend on every connection of the worker, repeatedly, mid-study: pre-ping reconnects."""
-    name = pg_url.rsplit("/", 1)[1]
-    init("drops", image_folder, pg_url, "sqlite:///mlflow.db")
+    study_init("drops", image_folder, pg_url, "train.epochs=2")
     log = tmp_path / "worker.log"
-    proc = sweeper_proc(
-        "study", "run", "drops", "--n-trials", 4, "--storage", pg_url, "--tracking-uri",
-        "sqlite:///mlflow.db", "--set", "train.epochs=3",
-        log=log,
-    )  # fmt: skip
-    admin = sqlalchemy.create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
-    killed = 0
-    stop = threading.Event()
-
-    def terminate() -> None:
-        nonlocal killed
-        while not stop.is_set():
-            with admin.connect() as conn:
-                rows = conn.execute(
-                    sqlalchemy.text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = :db AND pid <> pg_backend_pid()"
-                    ),
-                    {"db": name},
-                ).fetchall()
-                killed += sum(1 for (ok,) in rows if ok)
-            stop.wait(0.5)
-
-    thread = threading.Thread(target=terminate, daemon=True)
-    thread.start()
-    try:
+    env = heartbeat_env(heartbeat=2, grace=20, **FAST_RETRY)  # up to 16 s of cut connections waited out, quickly
+    proc = study_run("drops", pg_url, log, "--n-trials", 4, "--set", "train.epochs=3", env=env)
+    with Outage(pg_url, refuse=False, every=0.5) as drops:
         rc = proc.wait(timeout=300)
-    finally:
-        stop.set()
-        thread.join()
-        admin.dispose()
     assert rc == 0, log.read_text()[-3000:]
-    assert killed >= 2, "the test never caught the worker's connection open"
+    assert drops.cuts >= 2, "the test never caught the worker's connection open"
     study = optuna.load_study(study_name="drops", storage=pg_url)
     # every trial ran to its end: complete, or diverged (recorded as pruned; the random sampler can draw an LR
     # that blows up in 3 epochs), none failed or left running by a dropped connection
@@ -208,23 +247,28 @@ def test_dropped_database_connection_does_not_kill_the_worker(image_folder, pg_u
     assert all(t.user_attrs.get("reason") == "diverged" for t in study.trials if t.state == TrialState.PRUNED)
 
 
+# -- the heartbeat: a killed worker's trial is found, failed, its MLflow run ended, and retried ----------------------
+
+
 @pytest.mark.slow
 def test_killed_worker_trial_is_failed_retried_and_its_run_ended(image_folder, mlflow_server, pg_url, tmp_path):
     common = ["--storage", pg_url, "--tracking-uri", mlflow_server.uri]
-    victim = sweeper_proc(
+    env = heartbeat_env(heartbeat=1, grace=4)
+    victim = start_sweeper(
         "study", "run", "killed", "--data", image_folder, "--n-trials", 1, "--pruner", "none", *common,
         "--set", *TINY, "train.epochs=40",
-        log=tmp_path / "victim.log",
+        log=tmp_path / "victim.log", env=env,
     )  # fmt: skip
-    wait_for(lambda: running_trial_with_epoch(pg_url, "killed"), 120, "the victim's trial to report an epoch")
+    wait_for(lambda: reported_epoch(pg_url, "killed"), 120, "the victim's trial to report an epoch")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     dead = optuna.load_study(study_name="killed", storage=pg_url).trials[0]
     assert dead.state == TrialState.RUNNING  # nobody told the storage: only the heartbeat can notice
-    time.sleep(5)  # past the 4 s grace period
-    survivor = sweeper_proc(
-        "study", "run", "killed", "--n-trials", 1, *common, "--set", "train.epochs=2", log=tmp_path / "survivor.log"
-    )
+    wait_until_stale(pg_url, "killed", grace=4)
+    survivor = start_sweeper(
+        "study", "run", "killed", "--n-trials", 1, *common, "--set", "train.epochs=2",
+        log=tmp_path / "survivor.log", env=env,
+    )  # fmt: skip
     assert survivor.wait(timeout=180) == 0, (tmp_path / "survivor.log").read_text()[-3000:]
     trials = optuna.load_study(study_name="killed", storage=pg_url).trials
     assert trials[0].state == TrialState.FAIL
@@ -243,30 +287,19 @@ def test_killed_worker_trial_is_failed_retried_and_its_run_ended(image_folder, m
 def test_on_sqlite_a_killed_process_trial_is_failed_and_retried_by_the_next(image_folder, tmp_path):
     storage = f"sqlite:///{tmp_path / 'sweeper.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "SWEEPER_HEARTBEAT_SECONDS": "1", "SWEEPER_GRACE_SECONDS": "3"}
+    env = heartbeat_env(heartbeat=1, grace=3)
     common = ["--storage", storage, "--tracking-uri", tracking]
-    victim = start_process(
-        [sys.executable, "-m", "sweeper", "study", "run", "lite", "--data", str(image_folder), "--n-trials", "1",
-         "--pruner", "none", *common, "--set", *TINY[:-1], "train.epochs=40"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    victim = start_sweeper(
+        "study", "run", "lite", "--data", image_folder, "--n-trials", 1, "--pruner", "none", *common,
+        "--set", *TINY, "train.epochs=40", env=env,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            trials = optuna.load_study(study_name="lite", storage=storage).trials
-        except KeyError:  # the study is not made yet (Optuna creates the file first)
-            trials = []
-        if trials and trials[0].intermediate_values:
-            break
-        time.sleep(0.3)
+    wait_for(lambda: reported_epoch(storage, "lite"), 120, "the trial to report an epoch")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    time.sleep(4)  # past the grace period
-    again = subprocess.run(
-        [sys.executable, "-m", "sweeper", "study", "run", "lite", "--n-trials", "1", *common,
-         "--set", "train.epochs=1"],
-        env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    wait_until_stale(storage, "lite", grace=3)
+    again = run_sweeper(
+        "study", "run", "lite", "--n-trials", 1, *common, "--set", "train.epochs=1", env=env, timeout=180
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     trials = optuna.load_study(study_name="lite", storage=storage).trials
     assert trials[0].state == TrialState.FAIL

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-import optuna
 import pytest
 from mlflow import MlflowClient
-from optuna.trial import TrialState
-from typer.testing import CliRunner
-from conftest import start_process
-from pipelines.callbacks import EpochMetrics
-from sweeper.cli import app
-from sweeper.objective import Objective
-from sweeper.trials import StudyObserver, TrialReporter
+
+from conftest import TINY, invoke
 from sweeper.urls import absolute_sqlite
 
 
@@ -26,7 +13,7 @@ def test_a_study_held_open_has_its_parent_run_running_and_ended_as_it_ends(image
     from pipelines.data import SplitsCache
     from sweeper.study import StudyOptions, holding, open_study, plan_study
 
-    assert invoke("study", "init", "held", "--data", image_folder, "--set", *TINY).exit_code == 0
+    assert invoke("study", "init", "held", "--data", image_folder, "--set", *TINY, "train.epochs=1").exit_code == 0
     client = MlflowClient(absolute_sqlite("sqlite:///mlflow.db"))
     plan = plan_study(StudyOptions(name="held"), space=None, config=None, data=SplitsCache())
     ctx = open_study(plan)

@@ -1,27 +1,18 @@
 """sweeper.urls: the one password mask, everywhere a URL reaches a person or a record (the console script run as users
-run it), and links to the MLflow runs view."""
+run it: its entry point, sweeper.cli.main, with its masked streams), and links to the MLflow runs view."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from mlflow import MlflowClient
-from typer.testing import CliRunner
-from conftest import free_port
-from sweeper.cli import app
-from sweeper.spool import LogQueue, sync_spool
-from sweeper.urls import RunsLink, absolute_sqlite, mask_url, runs_link
-import os
-import subprocess
-import sys
 import threading
+from pathlib import Path
+
 import optuna
 import pytest
-import signal
-import time
-from optuna.trial import TrialState
-from conftest import MlflowServer, free_port, start_process, wait_for, write_image_folder
-from sweeper.urls import absolute_sqlite
+from mlflow import MlflowClient
+
+from conftest import TINY, free_port
+from sweeper.urls import RunsLink, mask_url, runs_link
 
 
 def test_masks_passwords_in_urls():
@@ -53,11 +44,7 @@ def test_runs_link_uses_the_browsers_address_of_the_ui_where_one_is_given(monkey
 
 
 RAW = "Pw/7#x?y:z%q"  # / # ? : % as typed, which URL parsers cut short
-
-
 ENCODED = "Pw%2F7%40x%3Fy%3Az%25q"  # the same characters and @, percent-encoded
-
-
 FRAGMENTS = ("Pw/7", "7#x", "x?y", "y:z", "z%q", "Pw%2F7", "%40x", "%3Az", "%25q")  # no piece of either may show
 
 
@@ -97,14 +84,16 @@ class CommandLines:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("password", [RAW, ENCODED], ids=["raw", "percent-encoded"])
-def test_a_study_on_two_workers_shows_the_password_nowhere(image_folder, mlflow_server, pg_url, tmp_path, password):
+def test_a_study_on_two_workers_shows_the_password_nowhere(
+    image_folder, mlflow_server, pg_url, tmp_path, password, console_script
+):
     name = f"secret-{'raw' if password == RAW else 'encoded'}"  # one MLflow server for the session: one experiment each
     storage = pg_url.replace("postgres@", f"postgres:{password}@")  # trust auth: any password connects
     tracking = mlflow_server.uri.replace("http://", f"http://admin:{ENCODED}@")  # requests decodes it for basic auth
     with CommandLines() as processes:
-        rc, output = sweeper(
+        rc, output = console_script(
             "study", "run", name, "--workers", 2, "--n-trials", 2, "--data", image_folder, "--storage", storage,
-            "--tracking-uri", tracking, "--sampler", "random", "--set", *TINY, cwd=tmp_path,
+            "--tracking-uri", tracking, "--sampler", "random", "--set", *TINY, "train.epochs=1",
         )  # fmt: skip
     assert rc == 0, output[-3000:]
     assert not leaks(output)
@@ -130,18 +119,18 @@ def test_a_study_on_two_workers_shows_the_password_nowhere(image_folder, mlflow_
     [RAW, "Pw/7#x@y:z%q", "Pw 7 x'y", ENCODED],
     ids=["raw", "raw-with-at", "spaces-quote", "percent-encoded"],
 )
-def test_errors_about_urls_with_passwords_show_none_of_them(image_folder, tmp_path, password):
+def test_errors_about_urls_with_passwords_show_none_of_them(image_folder, tmp_path, password, console_script):
     port = free_port()
     cases = {
         "unreachable storage": ["study", "list", "--storage", f"postgresql+psycopg2://u:{password}@127.0.0.1:{port}/x"],
         "bare postgresql": ["study", "list", "--storage", f"postgresql://u:{password}@127.0.0.1:{port}/x"],
         "malformed storage": ["study", "list", "--storage", f"postgres//u:{password}@oops"],
         "unreachable tracking": [
-            "study", "run", "x", "--data", image_folder, "--set", *TINY,
+            "study", "run", "x", "--data", image_folder, "--set", *TINY, "train.epochs=1",
             "--tracking-uri", f"http://u:{password}@127.0.0.1:{port}",
         ],
         "unsupported tracking scheme": [
-            "study", "run", "x", "--data", image_folder, "--set", *TINY, "--tracking-uri", f"ftp://u:{password}@host/x",
+            "study", "run", "x", "--data", image_folder, "--set", *TINY, "train.epochs=1", "--tracking-uri", f"ftp://u:{password}@host/x",
         ],
         "sync to an unreachable server": ["study", "sync", "x", "--tracking-uri", f"http://u:{password}@127.0.0.1:{port}"],
         "password as a query parameter": [
@@ -151,7 +140,7 @@ def test_errors_about_urls_with_passwords_show_none_of_them(image_folder, tmp_pa
     (tmp_path / "runs" / "x" / "spool").mkdir(parents=True)
     (tmp_path / "runs" / "x" / "spool" / "w.jsonl").write_text('{"op": "batch", "run_id": "r", "tags": [["a", "b"]]}\n')
     for case, args in cases.items():
-        rc, output = sweeper(*args, cwd=tmp_path, timeout=120)
+        rc, output = console_script(*args)
         assert rc == 2, (case, output[-2000:])
         assert "error:" in output, (case, output[-2000:])
         if "@" in password:  # a raw @ is refused without showing the URL at all
@@ -162,18 +151,18 @@ def test_errors_about_urls_with_passwords_show_none_of_them(image_folder, tmp_pa
 
 
 @pytest.mark.slow
-def test_no_password_reaches_logs_mlflow_or_config(image_folder, mlflow_server, pg_url, tmp_path):
+def test_no_password_reaches_logs_mlflow_or_config(
+    image_folder, mlflow_server, pg_url, tmp_path, console_script, monkeypatch
+):
     secret = "s3cretPassw0rd"
     storage = pg_url.replace("postgres@", f"postgres:{secret}@")  # trust auth: any password connects
-    log = tmp_path / "run.log"
-    proc = sweeper_proc(
+    monkeypatch.setenv("SWEEPER_STORAGE", storage)
+    rc, output = console_script(
         "study", "run", "secret", "--data", image_folder, "--n-trials", 1, "--storage", storage,
         "--tracking-uri", mlflow_server.uri, "--set", *TINY, "train.epochs=1",
-        log=log,
-        env={"SWEEPER_STORAGE": storage},
     )  # fmt: skip
-    assert proc.wait(timeout=180) == 0, log.read_text()[-2000:]
-    assert secret not in log.read_text()
+    assert rc == 0, output[-2000:]
+    assert secret not in output
     client = MlflowClient(mlflow_server.uri)
     exp = client.get_experiment_by_name("secret")
     for run in client.search_runs([exp.experiment_id]):

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import threading
 from pathlib import Path
+
 import optuna
 import pytest
-import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from typer.testing import CliRunner
-from conftest import start_process
-from sweeper.cli import app
-import torch
-from pipelines import reuse
-from pipelines.config import Config
-from pipelines.data import Splits, load_splits
-from pipelines.errors import UserError
-from pipelines.reuse import RunCache
-from pipelines.step import CurveStep
-from pipelines.train import _evaluate, run
-from sweeper.objective import Objective
-from sweeper.trials import trial_config
+
+from conftest import TINY, heartbeat_env, invoke, start_sweeper, study_init
 from sweeper.workers import auto_devices, workers_per_gpu
-from tests.test_train import tiny
 
 
 def assert_each_trial_once(name: str, storage: str, client: MlflowClient, n: int) -> None:
@@ -49,12 +33,12 @@ def assert_each_trial_once(name: str, storage: str, client: MlflowClient, n: int
 
 @pytest.mark.slow
 def test_two_worker_processes_complete_each_trial_exactly_once(image_folder, mlflow_server, pg_url, tmp_path):
-    init("stack", image_folder, pg_url, mlflow_server.uri)
+    study_init("stack", image_folder, pg_url, "train.epochs=1", tracking=mlflow_server.uri)
     procs = [
-        sweeper_proc(
+        start_sweeper(
             "study", "run", "stack", "--n-trials", 3, "--seed", i, "--storage", pg_url,
             "--tracking-uri", mlflow_server.uri, "--json",
-            log=tmp_path / f"w{i}.log",
+            log=tmp_path / f"w{i}.log", env=heartbeat_env(heartbeat=2, grace=6),
         )
         for i in range(2)
     ]  # fmt: skip
@@ -65,14 +49,10 @@ def test_two_worker_processes_complete_each_trial_exactly_once(image_folder, mlf
 
 @pytest.mark.slow
 def test_workers_option_splits_trials_and_shows_one_table(image_folder, mlflow_server, pg_url):
-    result = CliRunner().invoke(
-        app,
-        [
-            "study", "run", "multi", "--workers", "2", "--n-trials", "3", "--data", str(image_folder),
-            "--storage", pg_url, "--tracking-uri", mlflow_server.uri, "--sampler", "random", "--seed",
-            "0", "--pruner", "none", "--json", "--set", *TINY,
-        ],
-        catch_exceptions=False,
+    result = invoke(
+        "study", "run", "multi", "--workers", 2, "--n-trials", 3, "--data", image_folder, "--storage", pg_url,
+        "--tracking-uri", mlflow_server.uri, "--sampler", "random", "--seed", 0, "--pruner", "none", "--json",
+        "--set", *TINY, "train.epochs=1", catch_exceptions=False,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
@@ -85,9 +65,7 @@ def test_workers_option_splits_trials_and_shows_one_table(image_folder, mlflow_s
 
 
 def test_workers_on_sqlite_are_refused_with_a_clear_message(image_folder):
-    result = CliRunner().invoke(
-        app, ["study", "run", "lite", "--workers", "2", "--n-trials", "2", "--data", str(image_folder)]
-    )
+    result = invoke("study", "run", "lite", "--workers", 2, "--n-trials", 2, "--data", image_folder)
     assert result.exit_code == 2
     assert "SQLite" in result.stderr and "postgresql" in result.stderr
     assert "Traceback" not in result.output
