@@ -20,7 +20,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -107,6 +107,15 @@ def write_image_folder(root: Path, *, n_train: int = 60, n_test: int = 30, class
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / f"{i:05d}.png")
     return root
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (``-n 2 --dist loadgroup``, as `make test` runs), the tests that share a costly session
+    fixture run on one worker, so that it is made once: one MLflow server, one decoded copy of CIFAR-10."""
+    for item in items:
+        for fixture, group in (("mlflow_server", "mlflow-server"), ("decoded_cifar", "cifar")):
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
@@ -484,19 +493,29 @@ def assert_png(path: Path) -> None:
     assert path.stat().st_size > 1024, path
 
 
+class ScriptRun(NamedTuple):
+    """What the console script did: its exit code and what it printed."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
 @pytest.fixture()
-def console_script(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., tuple[int, str]]:
+def console_script(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., ScriptRun]:
     """The console script's entry point (sweeper.cli.main: masked streams, logging, signal handlers, then the
-    command) run in this process: ``console_script(*args)`` -> (exit code, stdout + stderr). What main() sets up
+    command) run in this process: ``console_script(*args)`` -> ScriptRun. What main() sets up
     for the process is undone after each call, and pytest's log handlers step aside so that its logging.basicConfig
     writes log lines to the masked stderr, as in a process of its own."""
     import logging
 
     from sweeper import cli
 
-    def run(*args: object) -> tuple[int, str]:
+    def run(*args: object) -> ScriptRun:
         root = logging.getLogger()
         saved = (sys.stdout, sys.stderr, sys.unraisablehook, root.handlers[:], root.level)
         handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -515,9 +534,25 @@ def console_script(
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
         captured = capsys.readouterr()
-        return code, captured.out + captured.err
+        return ScriptRun(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture()
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Path]]:
+    """Every figure pipelines.plots writes during the test, as (Figure, path), in order: what a command drew."""
+    from pipelines import plots
+
+    seen: list[tuple[Any, Path]] = []
+    save = plots.save_figure
+
+    def recording(fig: Any, path: Path) -> Path:
+        seen.append((fig, Path(path)))
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "save_figure", recording)
+    return seen
 
 
 # -- the CLI as users run it: its own process ----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""benchmarks.bench (``python -m benchmarks.bench``) in its tiny CPU form: the JSON report, the printed table, trials/hour per K.
+"""benchmarks.bench (``python -m benchmarks.bench``) in its tiny CPU form: the JSON report, the printed table,
+trials/hour per K.
 
 The harness is called in-process (``bench.main(argv)``) on the 3-class shapes (300 train / 90 test PNGs), width
 0.125, one epoch of batch 32 (9 steps), one torch thread; only the concurrency test starts processes.
@@ -10,23 +11,23 @@ import contextlib
 import datetime
 import io
 import json
-import sys
 from pathlib import Path
+
 import pytest
 import torch
-from benchmarks import bench  # noqa: E402
-from pipelines.config import Config  # noqa: E402
 
+from benchmarks import bench
+from pipelines.config import Config
 
 STEPS = 300 // 32  # the fixture's 300 training images in batches of 32, the last partial batch dropped
 
 
 # --threads 1: the two cores of the test machine are shared; one thread per process keeps these runs short.
 # --peak-size 256: a 34 MFLOP peak matmul, milliseconds instead of the default's seconds.
-TINY = ["--width", "0.125", "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--threads", "1"]
+TINY_BENCH = ["--width", "0.125", "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--threads", "1"]
 
 
-TINY += ["--peak-size", "256"]
+TINY_BENCH += ["--peak-size", "256"]
 
 
 def call(argv: list[str]) -> tuple[int, str, str]:
@@ -37,15 +38,15 @@ def call(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def tiny(image_folder: Path, cache: Path, *extra: str) -> list[str]:
-    return ["--data", str(image_folder), "--cache-dir", str(cache), *TINY, *extra]
+def bench_argv(image_folder: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--data", str(image_folder), "--cache-dir", str(cache), *TINY_BENCH, *extra]
 
 
 @pytest.fixture(scope="module")
 def both(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, Path, list[str]]:
     """One run of both variants: (the JSON written, the table printed, the output folder, the argv)."""
     root = tmp_path_factory.mktemp("bench")
-    argv = tiny(image_folder, root / "cache", "--variants", "baseline,fast", "--out-dir", str(root / "results"))
+    argv = bench_argv(image_folder, root / "cache", "--variants", "baseline,fast", "--out-dir", str(root / "results"))
     code, stdout, stderr = call(argv)
     assert code == 0, stderr
     files = sorted((root / "results").glob("*.json"))
@@ -108,7 +109,7 @@ def test_table_names_each_variant_and_the_speedup(both: tuple) -> None:
 
 def test_no_write_with_json_prints_the_report_and_writes_nothing(image_folder: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / "results"
-    argv = tiny(image_folder, tmp_path / "cache", "--variants", "fast", "--no-write", "--json")
+    argv = bench_argv(image_folder, tmp_path / "cache", "--variants", "fast", "--no-write", "--json")
     argv += ["--out-dir", str(out_dir)]
     code, stdout, stderr = call(argv)
     assert code == 0, stderr
@@ -118,7 +119,7 @@ def test_no_write_with_json_prints_the_report_and_writes_nothing(image_folder: P
 
 
 def test_unknown_variant_exits_2_naming_it(image_folder: Path, tmp_path: Path) -> None:
-    code, stdout, stderr = call(tiny(image_folder, tmp_path / "cache", "--variants", "baseline,slow"))
+    code, stdout, stderr = call(bench_argv(image_folder, tmp_path / "cache", "--variants", "baseline,slow"))
     assert code == 2
     assert stderr.strip() == "error: --variants: unknown variant 'slow'; known: baseline, fast"
     assert stdout == ""
@@ -132,7 +133,9 @@ def test_flop_constants_match_the_counted_network() -> None:
 
 def test_concurrency_reports_trials_per_hour_for_each_k(image_folder: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / "results"
-    argv = tiny(image_folder, tmp_path / "cache", "--variants", "", "--concurrency", "1,2", "--worker-trials", "2")
+    argv = bench_argv(
+        image_folder, tmp_path / "cache", "--variants", "", "--concurrency", "1,2", "--worker-trials", "2"
+    )
     code, stdout, stderr = call([*argv, "--out-dir", str(out_dir)])
     assert code == 0, stderr
     (path,) = out_dir.glob("*.json")

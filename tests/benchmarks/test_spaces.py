@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-import optuna
-import pytest
-import yaml
-from mlflow import MlflowClient
-from optuna.trial import TrialState
-from typer.testing import CliRunner
+
 from benchmarks import spaces
-from pipelines.config import Config
-from sweeper.cli import app
 
 
 def test_the_spaces_benchmark_writes_its_table_plot_and_protocol(image_folder, tmp_path, capsys):

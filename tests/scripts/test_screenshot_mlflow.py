@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 
+from conftest import REPO_ROOT
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_mlflow.py"
+SCRIPT = REPO_ROOT / "scripts" / "screenshot_mlflow.py"
 
 
 # A stand-in for Chromium on its DevTools pipe (commands on fd 3, answers on fd 4, NUL-terminated JSON): it answers

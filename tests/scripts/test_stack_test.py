@@ -10,13 +10,14 @@ import base64
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
+
 import pytest
 
+from conftest import REPO_ROOT
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "stack_test.py"
+SCRIPT = REPO_ROOT / "scripts" / "stack_test.py"
 
 
 @pytest.fixture(scope="module")

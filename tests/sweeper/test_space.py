@@ -4,19 +4,18 @@ the effective decay, the shipped example."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import POLICY_SPACE, TINY, TRIAL_STEPS_PER_EPOCH, invoke
+from conftest import POLICY_SPACE, REPO_ROOT, TINY, TRIAL_STEPS_PER_EPOCH, invoke
 from pipelines.config import Config
 from sweeper.space import load_space
 from sweeper.urls import absolute_sqlite
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "schedules.yaml"
+EXAMPLE = REPO_ROOT / "examples" / "schedules.yaml"
 
 
 CONDITIONAL = {"step": {"schedule.milestones", "schedule.gamma"}, "cosine": {"schedule.end_div"}}

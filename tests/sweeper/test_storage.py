@@ -184,14 +184,23 @@ def study_run(name: str, storage: str, log: Path, *args: object, env: dict[str, 
     )
 
 
+def worker_mid_trial(
+    name: str, data: Path, storage: str, log: Path, *, epochs: int, n_trials: int, env: dict[str, str]
+) -> subprocess.Popen:
+    """A study of ``n_trials`` trials of ``epochs`` epochs made, and a worker running it, once its first trial
+    has reported an epoch."""
+    study_init(name, data, storage, f"train.epochs={epochs}")
+    proc = study_run(name, storage, log, "--n-trials", n_trials, env=env)
+    wait_for(lambda: reported_epoch(storage, name), 120, "a trial to report an epoch")
+    return proc
+
+
 @pytest.mark.slow
 def test_connections_refused_for_seconds_mid_trial_do_not_end_the_worker(image_folder, pg_url, tmp_path):
-    study_init("refused", image_folder, pg_url, "train.epochs=4")
     log = tmp_path / "worker.log"
     # heartbeats every second fall into the outage too; the grace period outlasts what the worker waits out
     env = heartbeat_env(heartbeat=1, grace=70, outage_seconds=60, **FAST_RETRY)
-    proc = study_run("refused", pg_url, log, "--n-trials", 2, env=env)
-    wait_for(lambda: reported_epoch(pg_url, "refused"), 120, "a trial to report an epoch")
+    proc = worker_mid_trial("refused", image_folder, pg_url, log, epochs=4, n_trials=2, env=env)
     with Outage(pg_url) as outage:
         # several storage calls, each retried a few times (about 2 s of back-off in all)
         wait_for(lambda: count_lines(log, "retrying in")() >= 5, 60, "the worker to retry its storage calls")
@@ -205,12 +214,10 @@ def test_connections_refused_for_seconds_mid_trial_do_not_end_the_worker(image_f
 
 @pytest.mark.slow
 def test_an_outage_past_the_limit_stops_the_worker_with_one_line_and_the_next_recovers(image_folder, pg_url, tmp_path):
-    study_init("gone", image_folder, pg_url, "train.epochs=40")
     log = tmp_path / "worker.log"
     # the grace period must outlast the outage a worker waits out (else live trials are failed): 6 >= 1 + 3 + 1 + 1
     env = heartbeat_env(heartbeat=1, grace=6, outage_seconds=3, **FAST_RETRY)
-    proc = study_run("gone", pg_url, log, "--n-trials", 1, env=env)
-    wait_for(lambda: reported_epoch(pg_url, "gone"), 120, "a trial to report an epoch")
+    proc = worker_mid_trial("gone", image_folder, pg_url, log, epochs=40, n_trials=1, env=env)
     with Outage(pg_url):
         rc = proc.wait(timeout=120)
     err = log.read_text()

@@ -91,10 +91,11 @@ def test_a_study_on_two_workers_shows_the_password_nowhere(
     storage = pg_url.replace("postgres@", f"postgres:{password}@")  # trust auth: any password connects
     tracking = mlflow_server.uri.replace("http://", f"http://admin:{ENCODED}@")  # requests decodes it for basic auth
     with CommandLines() as processes:
-        rc, output = console_script(
+        done = console_script(
             "study", "run", name, "--workers", 2, "--n-trials", 2, "--data", image_folder, "--storage", storage,
             "--tracking-uri", tracking, "--sampler", "random", "--set", *TINY, "train.epochs=1",
         )  # fmt: skip
+        rc, output = done.code, done.output
     assert rc == 0, output[-3000:]
     assert not leaks(output)
     lines = [line for _, line in processes.seen]
@@ -140,7 +141,8 @@ def test_errors_about_urls_with_passwords_show_none_of_them(image_folder, tmp_pa
     (tmp_path / "runs" / "x" / "spool").mkdir(parents=True)
     (tmp_path / "runs" / "x" / "spool" / "w.jsonl").write_text('{"op": "batch", "run_id": "r", "tags": [["a", "b"]]}\n')
     for case, args in cases.items():
-        rc, output = console_script(*args)
+        done = console_script(*args)
+        rc, output = done.code, done.output
         assert rc == 2, (case, output[-2000:])
         assert "error:" in output, (case, output[-2000:])
         if "@" in password:  # a raw @ is refused without showing the URL at all
@@ -157,10 +159,11 @@ def test_no_password_reaches_logs_mlflow_or_config(
     secret = "s3cretPassw0rd"
     storage = pg_url.replace("postgres@", f"postgres:{secret}@")  # trust auth: any password connects
     monkeypatch.setenv("SWEEPER_STORAGE", storage)
-    rc, output = console_script(
+    done = console_script(
         "study", "run", "secret", "--data", image_folder, "--n-trials", 1, "--storage", storage,
         "--tracking-uri", mlflow_server.uri, "--set", *TINY, "train.epochs=1",
     )  # fmt: skip
+    rc, output = done.code, done.output
     assert rc == 0, output[-2000:]
     assert secret not in output
     client = MlflowClient(mlflow_server.uri)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
+
 import pytest
 import yaml
-from typer.testing import CliRunner
+
+from conftest import assert_user_error, invoke
 from pipelines.config import Config
-from sweeper.cli import app
 
 
 def shown(result: Any) -> Config:

@@ -3,21 +3,12 @@ culprit, nothing left behind."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-import optuna
+
 import pytest
-from mlflow import MlflowClient
-from optuna.trial import TrialState
-from typer.testing import CliRunner
-from conftest import MlflowServer, free_port, start_process, wait_for, write_image_folder
-from sweeper.cli import app
-from sweeper.urls import absolute_sqlite
+
+from conftest import TINY, free_port, invoke, write_image_folder
 
 
 def _bad_inputs(root: Path, good: Path) -> dict[str, tuple[list[str], str]]:
@@ -87,7 +78,7 @@ def test_every_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path, imag
     os.chdir(work)
     failures = []
     for case, (args, word) in cases.items():
-        result = CliRunner().invoke(app, ["study", "run", "bad", "--n-trials", "1", *args])
+        result = invoke("study", "run", "bad", "--n-trials", 1, *args)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         left = sorted(p.name for p in work.iterdir())
         ok = (
@@ -115,7 +106,7 @@ def test_a_typo_in_a_fixed_choice_is_a_usage_error_that_lists_the_choices(
     tmp_path, image_folder, option, typo, choices
 ):
     os.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["study", "run", "bad", "--data", str(image_folder), option, typo])
+    result = invoke("study", "run", "bad", "--data", image_folder, option, typo)
     assert result.exit_code == 2
     assert f"Invalid value for '{option}'" in result.stderr and typo in result.stderr
     assert all(f"'{choice}'" in result.stderr for choice in choices)

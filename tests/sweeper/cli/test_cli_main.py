@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-import pytest
-from sweeper.cli import QUIET_ENV
 
+import pytest
+
+from conftest import TINY
+from sweeper.cli import QUIET_ENV
 
 # Runs the console script with an import hook that notes the environment the moment mlflow and albumentations are
 # first imported (both read these variables at import: albumentations to skip its update check).

@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Any
-import pytest
-import yaml
-from typer.testing import CliRunner
-from pipelines.config import Config
-from sweeper.cli import app
+from conftest import invoke, strict_json
 
 
 def test_model_json_reports_the_recipe_parameter_count() -> None:

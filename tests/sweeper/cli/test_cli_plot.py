@@ -3,29 +3,43 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
+
 import pytest
-import yaml
-from typer.testing import CliRunner
+from matplotlib.figure import Figure
+
+from conftest import TINY_TRAIN, assert_png, assert_user_error, invoke
 from pipelines.config import Config
-from sweeper.cli import app
+from pipelines.schedules import schedule_curve
+from sweeper.overrides import parse_overrides
 
 
-def test_plot_schedule_writes_a_png(tmp_path: Path) -> None:
+def lr_line(fig: Figure) -> list[float]:
+    """The LR curve of a schedule figure: the first line of its first axes."""
+    return list(map(float, fig.axes[0].get_lines()[0].get_ydata()))
+
+
+def test_plot_schedule_writes_a_png(tmp_path: Path, drawn) -> None:
     out = tmp_path / "figs" / "f.png"
     result = invoke("plot", "schedule", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert str(out) in result.stdout
     assert_png(out)
+    ((fig, path),) = drawn
+    steps = 50_000 // 512  # CIFAR-10's training set in the recipe's batches
+    assert path == out and lr_line(fig) == pytest.approx(schedule_curve(Config(), steps_per_epoch=steps).lrs)
+    assert fig.axes[0].get_title() == f"one_cycle (peak lr 0.4, 24 epochs x {steps} steps)"
 
 
-def test_plot_schedule_draws_the_triangular_policy(tmp_path: Path) -> None:
+def test_plot_schedule_draws_the_triangular_policy(tmp_path: Path, drawn) -> None:
     out = tmp_path / "tri.png"
     result = invoke("plot", "schedule", "--out", str(out), "--set", "schedule.policy=triangular", "train.epochs=8")
     assert result.exit_code == 0, result.output
     assert_png(out)
+    ((fig, _),) = drawn
+    lrs = lr_line(fig)
+    assert fig.axes[0].get_title().startswith("triangular (")
+    assert min(lrs) == pytest.approx(0.4 / 25) and max(lrs) == pytest.approx(0.4)  # cycling between its bounds
 
 
 def test_plot_schedule_with_a_batch_bigger_than_the_data_exits_2(tmp_path: Path) -> None:
@@ -39,29 +53,40 @@ POLICIES = ("one_cycle", "triangular", "constant", "step", "exponential", "cosin
 
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("warmup", ["none", "constant", "linear", "exponential"])
-def test_plot_schedule_draws_every_policy_with_and_without_warmup(tmp_path: Path, policy: str, warmup: str) -> None:
+def test_plot_schedule_draws_every_policy_with_and_without_warmup(
+    tmp_path: Path, policy: str, warmup: str, drawn
+) -> None:
     out = tmp_path / f"{policy}-{warmup}.png"
     sets = [f"schedule.policy={policy}", "schedule.milestones=[12, 18]"]
     if warmup != "none":
         sets += [f"schedule.warmup={warmup}", "schedule.warmup_epochs=2"]
-    result = invoke("plot", "schedule", "--out", str(out), "--set", *sets)
+    result = invoke("plot", "schedule", "--out", str(out), "--set", *sets, "--train-size", 5120)
     assert result.exit_code == 0, result.output
     assert_png(out)
+    ((fig, _),) = drawn
+    config = Config().with_overrides(parse_overrides(sets))
+    assert lr_line(fig) == pytest.approx(schedule_curve(config, steps_per_epoch=10).lrs)  # the policy's own curve
+    title = fig.axes[0].get_title()
+    assert title.startswith(policy) and ("warm-up of 2 epochs" in title) == (warmup != "none")
 
 
-def test_plot_schedule_from_a_run_draws_the_lrs_it_used(image_folder: Path, tmp_path: Path) -> None:
+def test_plot_schedule_from_a_run_draws_the_lrs_it_used(image_folder: Path, tmp_path: Path, drawn) -> None:
     run_dir = tmp_path / "run"
     trained = invoke(
-        "train", "--data", str(image_folder), "--out", str(run_dir), "--set", *TINY, "train.epochs=2",
+        "train", "--data", str(image_folder), "--out", str(run_dir), "--set", *TINY_TRAIN, "train.epochs=2",
         "schedule.policy=plateau", "schedule.patience=0",
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output
     out = tmp_path / "used.png"
+    drawn.clear()  # the training run drew its own figures
     result = invoke("plot", "schedule", "--run", str(run_dir), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert_png(out)
     recorded = json.loads((run_dir / "metrics.json").read_text())
     assert len(recorded["lrs"]) == 2 * recorded["steps_per_epoch"]
+    ((fig, _),) = drawn
+    assert lr_line(fig) == pytest.approx(recorded["lrs"])  # what the run used, cuts included
+    assert fig.axes[0].get_title() == f"plateau, as used by {run_dir}"
 
 
 def test_plot_schedule_from_a_folder_without_a_run_exits_2(tmp_path: Path) -> None:
@@ -70,11 +95,16 @@ def test_plot_schedule_from_a_folder_without_a_run_exits_2(tmp_path: Path) -> No
     assert not (tmp_path / "f.png").exists()
 
 
-def test_plot_schedule_all_draws_every_policy_with_and_without_warmup(tmp_path: Path) -> None:
+def test_plot_schedule_all_draws_every_policy_with_and_without_warmup(tmp_path: Path, drawn) -> None:
     out = tmp_path / "all.png"
     result = invoke("plot", "schedule", "--all", "--out", str(out), "--set", "train.epochs=10")
     assert result.exit_code == 0, result.output
     assert_png(out)
+    ((fig, _),) = drawn
+    titles = [ax.get_title() for ax in fig.axes if ax.axison]
+    assert len(titles) == 2 * len(POLICIES)  # one panel each, without and with the warm-up
+    for policy in POLICIES:
+        assert policy in titles and f"{policy}, linear warm-up 2 epochs" in titles
 
 
 @pytest.mark.parametrize(

@@ -2,43 +2,27 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
+
 import optuna
 import pytest
-from mlflow import MlflowClient
-from optuna.trial import TrialState
-from typer.testing import CliRunner
-from conftest import start_process
-from pipelines.callbacks import EpochMetrics
-from sweeper.cli import app
-from sweeper.objective import Objective
-from sweeper.trials import StudyObserver, TrialReporter
-from sweeper.urls import absolute_sqlite
-import yaml
-from benchmarks import spaces
-from pipelines.config import Config
-from conftest import free_port
-from sweeper.spool import LogQueue, sync_spool
-from sweeper.urls import RunsLink, absolute_sqlite, mask_url, runs_link
+
+from conftest import TINY, invoke
 
 
 def test_init_again_keeps_the_recorded_settings_unless_forced(image_folder):
-    first = invoke("study", "init", "kept", "--data", image_folder, "--set", *TINY)
+    first = invoke("study", "init", "kept", "--data", image_folder, "--set", *TINY, "train.epochs=1")
     assert first.exit_code == 0, first.output
-    assert invoke("study", "init", "kept", "--data", image_folder, "--set", *TINY).exit_code == 0  # idempotent
+    assert (
+        invoke("study", "init", "kept", "--data", image_folder, "--set", *TINY, "train.epochs=1").exit_code == 0
+    )  # idempotent
     changed = invoke("study", "init", "kept", "--data", image_folder, "--sampler", "random", "--set", *TINY,
-                     "optim.lr=0.2")  # fmt: skip
+                     "train.epochs=1", "optim.lr=0.2")  # fmt: skip
     assert changed.exit_code == 2
     assert "sampler tpe -> random" in changed.stderr and "optim.lr 0.4 -> 0.2" in changed.stderr
     assert "--force" in changed.stderr
     forced = invoke("study", "init", "kept", "--data", image_folder, "--sampler", "random", "--force", "--set", *TINY,
-                    "optim.lr=0.2")  # fmt: skip
+                    "train.epochs=1", "optim.lr=0.2")  # fmt: skip
     assert forced.exit_code == 0, forced.output
     study = optuna.load_study(study_name="kept", storage="sqlite:///sweeper.db")
     assert study.user_attrs["sampler"] == "random" and "lr: 0.2" in study.user_attrs["config"]
@@ -61,6 +45,6 @@ def test_study_init_names_the_metrics_so_the_dashboard_shows_no_objective_0(imag
 
 
 def test_study_init_with_bad_data_leaves_nothing(tmp_path):
-    result = CliRunner().invoke(app, ["study", "init", "bad", "--data", str(tmp_path / "nowhere")])
+    result = invoke("study", "init", "bad", "--data", tmp_path / "nowhere")
     assert result.exit_code == 2 and "nowhere" in result.stderr
     assert not Path("sweeper.db").exists() and not Path("mlflow.db").exists()

@@ -4,28 +4,25 @@ defaults; single- and multi-objective; what it prints."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+
 import optuna
 import pytest
-from mlflow import MlflowClient
-from typer.testing import CliRunner
-from sweeper.cli import app
-from sweeper.urls import absolute_sqlite
 import yaml
+from mlflow import MlflowClient
 from optuna.trial import TrialState
-from benchmarks import spaces
-from pipelines.config import Config
-import signal
-import time
-from conftest import MlflowServer, free_port, start_process, wait_for, write_image_folder
 
+from conftest import (
+    TINY,
+    TRIAL_STEPS_PER_EPOCH,
+    artifacts,
+    invoke,
+)
+from pipelines.config import Config
+from sweeper.urls import absolute_sqlite
 
 # 300 train images - 60 held out = 240 -> 7 steps of 32 per epoch, 14 in all
-STEPS = (300 - 60) // 32 * 2
 
 
 PLOTS = {"plots/lr_schedule.png", "plots/curves.png", "plots/misclassified.png"}
@@ -37,7 +34,7 @@ TRIAL_METRICS = {"train_loss", "train_accuracy", "val_accuracy", "test_loss", "t
 def study_run(name: str, data: Path, storage: str, tracking: str, n: int, *extra: str) -> dict:
     result = invoke(
         "study", "run", name, "--data", data, "--n-trials", n, "--storage", storage, "--tracking-uri",
-        tracking, "--sampler", "random", "--seed", "0", "--pruner", "none", "--json", "--set", *TINY,
+        tracking, "--sampler", "random", "--seed", "0", "--pruner", "none", "--json", "--set", *TINY, "train.epochs=2",
         *extra,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -70,7 +67,7 @@ def check_study(client: MlflowClient, name: str, storage: str, trials: int) -> t
         assert float(params["lr"]) == pytest.approx(trial.user_attrs["lr"], rel=1e-5)
         assert TRIAL_METRICS | {"trial_seconds"} <= set(metrics)
         lr_hist = client.get_metric_history(run.info.run_id, "lr")
-        assert sorted(m.step for m in lr_hist) == list(range(STEPS))
+        assert sorted(m.step for m in lr_hist) == list(range(2 * TRIAL_STEPS_PER_EPOCH))
         acc_hist = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert sorted(m.step for m in acc_hist) == [1, 2]
         assert metrics["val_accuracy"] == pytest.approx(trial.value)
@@ -159,15 +156,15 @@ def test_from_lr_finder_enqueues_trial_0_at_the_suggested_lr(image_folder):
     assert out["trials"][0]["lr"] == pytest.approx(p["effective_decay"] * (1 - 0.9) / 5e-4)
 
 
-def test_for_logs_the_final_table_best_line_replay_hint_and_runs_link_arrive_whole(image_folder, tmp_path):
+def test_for_logs_the_final_table_best_line_replay_hint_and_runs_link_arrive_whole(
+    image_folder, monkeypatch, console_script
+):
     """Captured output (compose logs, CI: not a terminal) is not wrapped at 80 columns, however long the lines."""
+    monkeypatch.setenv("COLUMNS", "60")
     name = "a-study-whose-name-alone-is-longer-than-the-eighty-columns-rich-would-wrap-a-log-line-at"
     common = ["--n-trials", 2, "--sampler", "random", "--pruner", "none", "--set", *TINY, "train.epochs=1"]
-    done = subprocess.run(
-        [sys.executable, "-m", "sweeper", "study", "run", name, "--data", image_folder, *map(str, common)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "60"},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = console_script("study", "run", name, "--data", image_folder, *common)
+    assert done.code == 0, done.stderr[-3000:]
     lines = done.stderr.splitlines()
     assert f"study {name}" in [line.strip() for line in lines]  # the table's title, unwrapped
     rows = [line for line in lines if line.startswith("│")]
@@ -183,11 +180,8 @@ def test_for_logs_the_final_table_best_line_replay_hint_and_runs_link_arrive_who
         f"runs in MLflow: http://127.0.0.1:5000/#/experiments/{experiment}/runs?workflowType=machine_learning",
     ]
 
-    replayed = subprocess.run(
-        [sys.executable, "-m", "sweeper", "replay", "--study", name, "--seeds", "1", "--set", "train.epochs=1"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "60"},
-    )  # fmt: skip
-    assert replayed.returncode == 0, replayed.stderr[-3000:]
+    replayed = console_script("replay", "--study", name, "--seeds", "1", "--set", "train.epochs=1")
+    assert replayed.code == 0, replayed.stderr[-3000:]
     assert re.fullmatch(
         rf"replay of {re.escape(name)}-trial-[01]: test accuracy .*% over 1 seeds \(.*\)", replayed.stdout.strip()
     )
@@ -278,7 +272,7 @@ def test_val_against_epochs_records_the_epochs_run_and_no_single_best(image_fold
 
 
 def test_help_lists_every_fixed_choice():
-    result = CliRunner().invoke(app, ["study", "run", "--help"], env={"COLUMNS": "200"})
+    result = invoke("study", "run", "--help", env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for listed in ("tpe|cmaes|random|gp|grid", "median|hyperband|none", "val|test"):
         assert listed in result.stdout

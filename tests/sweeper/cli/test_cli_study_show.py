@@ -1,18 +1,12 @@
-"""`sweeper study show`, `list` and `best`: a study's record read back, the Pareto front and the cheapest trial on it."""
+"""`sweeper study show`, `list` and `best`: a study's record read back, its Pareto front, the cheapest trial on it."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+
 import optuna
-import pytest
-import yaml
-from mlflow import MlflowClient
-from optuna.trial import TrialState
-from typer.testing import CliRunner
-from benchmarks import spaces
-from pipelines.config import Config
-from sweeper.cli import app
+
+from conftest import invoke
 
 
 def test_min_accuracy_answers_in_one_line_when_no_trial_reaches_it():

@@ -4,23 +4,20 @@ acceptance run on the real CIFAR-10 images."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
+
 import pytest
-import yaml
-from typer.testing import CliRunner
-from pipelines.config import Config
-from sweeper.cli import app
 from PIL import Image
-from conftest import CLASSES, synthetic_images
-from pipelines.augment import fit_to_size
-from pipelines.config import recipe_augment
+
+from conftest import CLASSES, TINY_TRAIN, assert_png, assert_user_error, invoke, strict_json, synthetic_images
+from pipelines.config import Config
 
 
 def test_train_json_prints_the_summary_and_writes_the_outputs(image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = invoke("train", "--json", "--data", str(image_folder), "--out", str(out), "--set", *TINY, "train.epochs=2")
+    result = invoke(
+        "train", "--json", "--data", str(image_folder), "--out", str(out), "--set", *TINY_TRAIN, "train.epochs=2"
+    )
     assert result.exit_code == 0, result.output
     summary = strict_json(result.stdout)
     assert {"status", "test_accuracy", "train_accuracy", "epochs", "seconds", "out_dir"} <= set(summary)
@@ -39,14 +36,16 @@ def test_train_json_prints_the_summary_and_writes_the_outputs(image_folder: Path
 
 
 def test_train_without_json_reports_on_stderr(image_folder: Path, tmp_path: Path) -> None:
-    result = invoke("train", "--data", str(image_folder), "--set", *TINY, "train.epochs=1")
+    result = invoke("train", "--data", str(image_folder), "--set", *TINY_TRAIN, "train.epochs=1")
     assert result.exit_code == 0, result.output
     assert "complete: test accuracy" in result.stderr
     assert (tmp_path / "runs" / "train" / "metrics.json").is_file()  # the default train.out_dir, under the cwd
 
 
 def test_train_that_diverges_exits_0_and_says_so(image_folder: Path, tmp_path: Path) -> None:
-    result = invoke("train", "--json", "--data", str(image_folder), "--set", *TINY, "train.epochs=2", "optim.lr=1e6")
+    result = invoke(
+        "train", "--json", "--data", str(image_folder), "--set", *TINY_TRAIN, "train.epochs=2", "optim.lr=1e6"
+    )
     assert result.exit_code == 0, result.output
     summary = strict_json(result.stdout)
     assert summary["status"] == "diverged"
@@ -55,7 +54,7 @@ def test_train_that_diverges_exits_0_and_says_so(image_folder: Path, tmp_path: P
 
 def test_train_with_a_missing_data_path_exits_2_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "such" / "data"
-    result = invoke("train", "--data", str(missing), "--set", *TINY)
+    result = invoke("train", "--data", str(missing), "--set", *TINY_TRAIN)
     assert_user_error(result, str(missing))
 
 
@@ -67,7 +66,7 @@ def test_train_with_a_batch_bigger_than_the_data_exits_2(image_folder: Path) -> 
 def test_train_records_the_lr_scaled_with_the_batch_size(image_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = invoke(
-        "train", "--json", "--data", str(image_folder), "--out", str(out), "--set", *TINY, "train.epochs=1",
+        "train", "--json", "--data", str(image_folder), "--out", str(out), "--set", *TINY_TRAIN, "train.epochs=1",
         "optim.lr_scaling=linear", "schedule.policy=constant",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -79,12 +78,13 @@ def test_train_records_the_lr_scaled_with_the_batch_size(image_folder: Path, tmp
 
 @pytest.mark.slow
 def test_quarter_width_resnet_reaches_50_percent_on_cifar10_subset_in_4_cpu_epochs(
-    tmp_path: Path, shared_cifar: Path
+    tmp_path: Path, shared_cifar: Path, decoded_cifar: tuple[Path, object]
 ) -> None:
+    cache, _ = decoded_cifar  # decoded once for the session (the data tests read the same)
     result = invoke(
         "train", "--data", str(shared_cifar), "--json", "--set",
         "data.train_limit=10000", "data.test_limit=2000", "model.width=0.25", "train.epochs=4",
-        "train.batch_size=128", "optim.lr=0.2", "train.device=cpu",
+        "train.batch_size=128", "optim.lr=0.2", "train.device=cpu", f"data.cache_dir={cache}",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = strict_json(result.stdout)
@@ -107,7 +107,7 @@ def write_folder(root: Path, size: int, *, mode: str = "RGB", sizes: dict[int, i
 
 
 def train(data: Path, out: Path, *extra: str) -> object:
-    return CliRunner().invoke(app, ["train", "--json", "--data", str(data), "--out", str(out), "--set", *TINY, *extra])
+    return invoke("train", "--json", "--data", data, "--out", out, "--set", *TINY_TRAIN, "train.epochs=2", *extra)
 
 
 @pytest.mark.parametrize(("size", "mode"), [(28, "L"), (64, "RGB")], ids=["28x28-gray", "64x64-rgb"])

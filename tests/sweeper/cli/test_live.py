@@ -1,20 +1,21 @@
-"""sweeper.cli.live: the study's live table; its columns come from the study's space, its value column from the objective."""
+"""sweeper.cli.live: the study's live table; its columns come from the study's space, its value column from the
+objective."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import optuna
 from rich.console import Console
-from typer.testing import CliRunner
+
+from conftest import TINY, invoke
 from pipelines.callbacks import EpochMetrics
-from sweeper.cli import app
 from sweeper.cli.live import LiveStudyView
 from sweeper.objective import Objective
 from sweeper.outcome import Outcome
 from sweeper.space import load_space, parse_space
 from sweeper.trials import TrialReporter
-
 
 SMOOTHING_SPACE = {
     "params": {
@@ -72,14 +73,23 @@ def test_study_run_and_show_tables_have_a_column_for_every_searched_key(image_fo
     space = tmp_path / "space.yaml"
     space.write_text(json.dumps(SMOOTHING_SPACE))
     args = ["--space", str(space), "--sampler", "random", "--pruner", "none", "--objective", "test"]
-    run = CliRunner().invoke(
-        app,
-        ["study", "run", "smooth", "--data", str(image_folder), "--n-trials", "2", *args, "--set", *TINY],
+    run = invoke(
+        "study",
+        "run",
+        "smooth",
+        "--data",
+        image_folder,
+        "--n-trials",
+        2,
+        *args,
+        "--set",
+        *TINY,
+        "train.epochs=1",
         env={"COLUMNS": "200"},
     )
     assert run.exit_code == 0, run.output
     assert "optim.label_smoothing" in run.stderr
-    shown = CliRunner().invoke(app, ["study", "show", "smooth"], env={"COLUMNS": "200"})
+    shown = invoke("study", "show", "smooth", env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert header(shown.stdout) == ["#", "λα/(1-ρ)", "λ", "optim.label_smoothing", "test", "state", "time"]
     study = optuna.load_study(study_name="smooth", storage="sqlite:///sweeper.db")
