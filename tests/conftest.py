@@ -109,6 +109,7 @@ def write_image_folder(root: Path, *, n_train: int = 60, n_test: int = 30, class
     return root
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With pytest-xdist (``-n 2 --dist loadgroup``, as `make test` runs), the tests that share a costly session
     fixture run on one worker, so that it is made once: one MLflow server, one decoded copy of CIFAR-10."""
@@ -602,9 +603,28 @@ def heartbeat_env(*, heartbeat: int = 1, grace: int = 4, **more: object) -> dict
 
 
 def load_trials(storage: str, name: str) -> list[Any]:
-    """The trials of study ``name`` in ``storage``, or [] while the study (or its database file) is not made."""
-    import optuna
+    """The trials of study ``name`` in ``storage``, or [] while the study (or the storage's tables) is not made.
 
+    Optuna makes the tables of a storage it opens; a test that polls one a command is making must not race it to
+    that, so the storage is opened only once its schema is stamped."""
+    import optuna
+    import sqlalchemy
+
+    url = storage
+    if storage.startswith("sqlite:///"):  # read-only: connecting must not make the file
+        path = storage.removeprefix("sqlite:///")
+        if not Path(path).exists():
+            return []
+        url = f"sqlite:///file:{path}?mode=ro&uri=true"
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if conn.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).first() is None:
+                return []
+    except sqlalchemy.exc.SQLAlchemyError:  # no database file or table yet
+        return []
+    finally:
+        engine.dispose()
     try:
         return optuna.load_study(study_name=name, storage=storage).trials
     except (KeyError, RuntimeError, optuna.exceptions.StorageInternalError):
