@@ -22,11 +22,16 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# Two pytest-xdist workers: on the 2-core CI machine one waits on a server, a subprocess or a deadline while the
+# other trains; tests sharing a session server or the decoded CIFAR-10 copy stay on one worker (--dist loadgroup).
+# pytest exits 5 when it collected no test, and make fails on it.
+XDIST ?= -n 2 --dist loadgroup
+
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(XDIST)
 
 bench: install
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)

@@ -1,6 +1,8 @@
-"""Matplotlib (Agg) figures: LR schedule, loss/accuracy curves, misclassified-image grid, LR range test.
+"""Matplotlib (Agg) figures: LR schedule, loss/accuracy curves, misclassified-image grid, LR range tests.
 
-Each function writes one PNG and returns its path; nothing is shown on screen.
+Each ``*_figure`` function builds one :class:`~matplotlib.figure.Figure` (outside pyplot's registry, so nothing
+holds on to it once dropped); :func:`save_figure` writes one, and each ``plot_*`` function is the two in turn,
+returning the written path. Nothing is shown on screen.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ matplotlib.use("Agg")  # headless: workers and CI have no display
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from pipelines.callbacks import EpochMetrics
 from pipelines.errors import UserError
@@ -39,8 +42,20 @@ def plot_lr_schedule(
     momenta: Sequence[float] | None = None,
     title: str = "Learning-rate schedule",
 ) -> Path:
+    """:func:`lr_schedule_figure`, written to ``path``."""
+    return save_figure(lr_schedule_figure(lrs, steps_per_epoch=steps_per_epoch, momenta=momenta, title=title), path)
+
+
+def lr_schedule_figure(
+    lrs: Sequence[float],
+    *,
+    steps_per_epoch: int,
+    momenta: Sequence[float] | None = None,
+    title: str = "Learning-rate schedule",
+) -> Figure:
     """LR against iteration (top axis in epochs); momentum on a second axis when it varies."""
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.subplots()
     steps = np.arange(len(lrs))
     ax.plot(steps, lrs, color="tab:blue", lw=1.6, label="learning rate")
     ax.set_xlabel("iteration")
@@ -54,13 +69,19 @@ def plot_lr_schedule(
         ax2 = ax.twinx()
         ax2.plot(steps, momenta, color="tab:orange", lw=1.2, ls="--")
         ax2.set_ylabel("momentum", color="tab:orange")
-    return _save(fig, path)
+    return fig
 
 
 def plot_lr_schedules(curves: dict[str, Sequence[float]], path: Path, *, steps_per_epoch: int) -> Path:
+    """:func:`lr_schedules_figure`, written to ``path``."""
+    return save_figure(lr_schedules_figure(curves, steps_per_epoch=steps_per_epoch), path)
+
+
+def lr_schedules_figure(curves: dict[str, Sequence[float]], *, steps_per_epoch: int) -> Figure:
     """One panel per named LR curve (x in epochs), two columns; an empty curve shows its name only."""
     rows = (len(curves) + 1) // 2
-    fig, axes = plt.subplots(rows, 2, figsize=(11, 2.2 * rows), sharex=True, squeeze=False)
+    fig = Figure(figsize=(11, 2.2 * rows))
+    axes = fig.subplots(rows, 2, sharex=True, squeeze=False)
     for ax, (name, lrs) in zip(axes.flat, curves.items(), strict=False):
         ax.plot(np.arange(len(lrs)) / max(steps_per_epoch, 1), lrs, color="tab:blue", lw=1.4)
         ax.set_title(name, fontsize=9, wrap=True)
@@ -70,12 +91,18 @@ def plot_lr_schedules(curves: dict[str, Sequence[float]], path: Path, *, steps_p
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
     fig.supylabel("learning rate")
-    return _save(fig, path)
+    return fig
 
 
 def plot_curves(history: Sequence[EpochMetrics], path: Path) -> Path:
+    """:func:`curves_figure`, written to ``path``."""
+    return save_figure(curves_figure(history), path)
+
+
+def curves_figure(history: Sequence[EpochMetrics]) -> Figure:
     """Loss and accuracy per epoch: train and test (and validation when held out)."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for split, marker, label in (("train", "o-", "train"), ("test", "s-", "test"), ("val", "^-", "validation")):
         # only the epochs that evaluated the split (train.eval_every / test_every)
         points = [(m.epoch, getattr(m, f"{split}_loss"), getattr(m, f"{split}_accuracy")) for m in history]
@@ -89,7 +116,7 @@ def plot_curves(history: Sequence[EpochMetrics], path: Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, path)
+    return fig
 
 
 def plot_misclassified(
@@ -101,6 +128,13 @@ def plot_misclassified(
     *,
     count: int = 25,
 ) -> Path:
+    """:func:`misclassified_figure`, written to ``path``."""
+    return save_figure(misclassified_figure(images, true, pred, classes, count=count), path)
+
+
+def misclassified_figure(
+    images: np.ndarray, true: np.ndarray, pred: np.ndarray, classes: Sequence[str], *, count: int = 25
+) -> Figure:
     """A grid of up to ``count`` misclassified images, each titled "true -> predicted".
 
     images: uint8 (N, H, W, 3) of the misclassified test images, in the order to show. One small axes per image
@@ -109,7 +143,8 @@ def plot_misclassified(
     n = min(count, len(images))
     cols = max(1, int(np.ceil(np.sqrt(n)))) if n else 1
     rows = max(1, int(np.ceil(n / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.95 * rows + 0.5), squeeze=False)
+    fig = Figure(figsize=(1.7 * cols, 1.95 * rows + 0.5))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
@@ -117,7 +152,7 @@ def plot_misclassified(
             ax.set_title(f"{classes[true[i]]}\n-> {classes[pred[i]]}", fontsize=8, pad=2)
     title = f"{n} misclassified test images (true -> predicted)" if n else "no misclassified test image"
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return fig
 
 
 def plot_lr_finder(
@@ -129,8 +164,16 @@ def plot_lr_finder(
     chosen: str,
     log_x: bool = True,
 ) -> Path:
+    """:func:`lr_finder_figure`, written to ``path``."""
+    return save_figure(lr_finder_figure(lrs, losses, suggestions=suggestions, chosen=chosen, log_x=log_x), path)
+
+
+def lr_finder_figure(
+    lrs: Sequence[float], losses: Sequence[float], *, suggestions: dict[str, float], chosen: str, log_x: bool = True
+) -> Figure:
     """Smoothed loss against LR (log x), each suggestion marked, the chosen one highlighted."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot(lrs, losses, color="tab:blue", lw=1.6)
     if log_x:
         ax.set_xscale("log")
@@ -146,14 +189,22 @@ def plot_lr_finder(
     ax.set(xlabel="learning rate", ylabel="smoothed loss", title="LR range test")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    return _save(fig, path)
+    return fig
 
 
 def plot_accuracy_range(
     lrs: Sequence[float], accuracies: Sequence[float], path: Path, *, best: float, metric: str, epochs: int
 ) -> Path:
+    """:func:`accuracy_range_figure`, written to ``path``."""
+    return save_figure(accuracy_range_figure(lrs, accuracies, best=best, metric=metric, epochs=epochs), path)
+
+
+def accuracy_range_figure(
+    lrs: Sequence[float], accuracies: Sequence[float], *, best: float, metric: str, epochs: int
+) -> Figure:
     """Accuracy after ``epochs`` epochs against the run's max LR (log x), the best LR marked."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot(lrs, 100 * np.asarray(accuracies), "o-", color="tab:blue", lw=1.6)
     ax.set_xscale("log")
     top = int(np.argmax(np.asarray(lrs) == best))
@@ -165,15 +216,19 @@ def plot_accuracy_range(
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    return _save(fig, path)
+    return fig
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    """Write ``fig`` to ``path`` whole or not at all (a full disk: UserError naming it), then close it."""
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` (its folders made; the format from the suffix) at :data:`DPI`, whole or not at all
+    (a full disk: UserError naming it), laid out tightly unless the figure has a layout engine of its own; then
+    close it. Returns ``path``."""
+    path = Path(path)
     try:
-        fig.tight_layout()
-        with atomic_path(Path(path)) as tmp:
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=DPI)
     finally:
         plt.close(fig)
-    return Path(path)
+    return path

@@ -36,6 +36,14 @@ def requested() -> bool:
     return _requested.is_set()
 
 
+def reset() -> None:
+    """Forget every request and leave every block: for a process that goes on after a stop (the tests, which run
+    many stops in one process)."""
+    global _deferred, _allowed
+    _requested.clear()
+    _deferred = _allowed = 0
+
+
 def check() -> None:
     """Raise KeyboardInterrupt if a stop was requested: call it where stopping is safe."""
     if _requested.is_set():

@@ -59,6 +59,7 @@ from sweeper.storage import (
     make_storage,
     outage_seconds,
     resolve_storage_url,
+    retry_delays,
 )
 from sweeper.urls import PROXY_PREFIX, is_proxy_url, is_sqlite, mask_url
 
@@ -164,7 +165,11 @@ def connect(url: str, *, heartbeat: bool = True) -> BaseStorage:
             f"cannot open storage {address}: no storage proxy answered within {CONNECT_SECONDS:g} s "
             "(start one with `sweeper storage serve --storage postgresql://...`)"
         ) from err
-    return ResilientStorage(proxy, url=str(address), outage_seconds=patience, when=is_proxy_outage)
+    first_delay, max_delay = retry_delays()
+    return ResilientStorage(
+        proxy, url=str(address), outage_seconds=patience, when=is_proxy_outage, first_delay=first_delay,
+        max_delay=max_delay,
+    )  # fmt: skip
 
 
 # -- the server ---------------------------------------------------------------------------------------------------

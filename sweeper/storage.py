@@ -10,6 +10,7 @@ one line (:class:`StorageUnavailable`), and the heartbeat of the next worker fai
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Container, Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from sweeper import interrupts, records
 from sweeper.connections import creation_lock, engine_kwargs
 from sweeper.outcome import Outcome
 from sweeper.overrides import positive_int
-from sweeper.retry import MAX_DELAY, retrying
+from sweeper.retry import FIRST_DELAY, MAX_DELAY, retrying
 from sweeper.spool import LogQueue
 from sweeper.tracking import TrialRun, resolve_tracking_uri
 from sweeper.urls import absolute_sqlite, check_password, is_proxy_url, is_sqlite, mask_url
@@ -49,6 +50,10 @@ MAX_RETRY = 2  # retries of a trial whose worker died
 OUTAGE_SECONDS = (
     120  # how long a worker waits for a database that refuses or drops connections ($SWEEPER_DB_OUTAGE_SECONDS)
 )
+# While it waits, the first sleep between tries and the longest (seconds, fractions allowed; sweeper.retry's
+# FIRST_DELAY and MAX_DELAY unless set): tests of outages set them small, so that seconds of outage cost seconds
+RETRY_DELAY_ENV = "SWEEPER_RETRY_DELAY"
+RETRY_MAX_DELAY_ENV = "SWEEPER_RETRY_MAX_DELAY"
 # Connection errors that no wait will mend: credentials or a database that is gone
 PERMANENT_MARKERS = (
     "password authentication failed",
@@ -135,11 +140,12 @@ def make_storage(
             heartbeat_stale_trial_callback=stale_trial_callback or StaleTrialHandler(tracker_uri, runs_dir=runs_dir),
         )
     server = not is_sqlite(url)
-    policy = (
-        retrying(when=is_connection_error, deadline=outage_seconds(), what="opening the storage")
-        if server
-        else retrying(when=is_disconnect, what="opening the storage")
-    )
+    if server:
+        first, longest = retry_delays()
+        policy = retrying(when=is_connection_error, deadline=outage_seconds(), first_delay=first, max_delay=longest,
+                          what="opening the storage")  # fmt: skip
+    else:
+        policy = retrying(when=is_disconnect, what="opening the storage")
     try:
         storage = policy(_open, url, engine_kwargs(url, idle=idle, pool_size=pool_size), kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
@@ -148,7 +154,14 @@ def make_storage(
     if not server:
         return storage
     # get_storage wraps an RDBStorage in Optuna's own trial cache, as create_study would; ours goes around it.
-    return ResilientStorage(optuna.storages.get_storage(storage), url=mask_url(url), outage_seconds=outage_seconds())
+    first_delay, max_delay = retry_delays()
+    return ResilientStorage(
+        optuna.storages.get_storage(storage),
+        url=mask_url(url),
+        outage_seconds=outage_seconds(),
+        first_delay=first_delay,
+        max_delay=max_delay,
+    )
 
 
 def _open(url: str, engine: dict[str, Any], kwargs: dict[str, Any]) -> RDBStorage:
@@ -191,26 +204,51 @@ def is_disconnect(err: BaseException) -> bool:
 def outage_seconds() -> int:
     """How long a worker waits for the database: $SWEEPER_DB_OUTAGE_SECONDS (120), at most what the heartbeat's
     grace period leaves. A worker that comes back must record a heartbeat before others find its trial stale:
-    grace > heartbeat + outage + the last back-off sleep."""
+    grace > heartbeat + outage + the last back-off sleep (the longest, :func:`retry_delays`, rounded up)."""
     heartbeat = env_seconds("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS)
     grace = env_seconds("SWEEPER_GRACE_SECONDS", GRACE_SECONDS)
-    limit = max(1, grace - heartbeat - int(MAX_DELAY) - 1)
+    last_sleep = math.ceil(retry_delays()[1])
+    limit = max(1, grace - heartbeat - last_sleep - 1)
     if os.environ.get("SWEEPER_DB_OUTAGE_SECONDS"):
         wanted = env_seconds("SWEEPER_DB_OUTAGE_SECONDS", OUTAGE_SECONDS)
         if wanted > limit:
             raise UserError(
                 f"SWEEPER_DB_OUTAGE_SECONDS ({wanted}) must leave the heartbeat time to resume before its grace "
-                f"period ends: at most SWEEPER_GRACE_SECONDS - SWEEPER_HEARTBEAT_SECONDS - {int(MAX_DELAY) + 1} "
+                f"period ends: at most SWEEPER_GRACE_SECONDS - SWEEPER_HEARTBEAT_SECONDS - {last_sleep + 1} "
                 f"= {limit}; raise SWEEPER_GRACE_SECONDS or lower it"
             )
         return wanted
     return min(OUTAGE_SECONDS, limit)
 
 
+def retry_delays() -> tuple[float, float]:
+    """The first and the longest sleep (seconds) between the tries of a storage call during an outage:
+    $SWEEPER_RETRY_DELAY and $SWEEPER_RETRY_MAX_DELAY, else sweeper.retry's FIRST_DELAY and MAX_DELAY."""
+    first = env_delay(RETRY_DELAY_ENV, FIRST_DELAY)
+    longest = env_delay(RETRY_MAX_DELAY_ENV, max(MAX_DELAY, first))
+    if longest < first:
+        raise UserError(f"{RETRY_MAX_DELAY_ENV} ({longest:g}) must be at least {RETRY_DELAY_ENV} ({first:g})")
+    return first, longest
+
+
 def env_seconds(name: str, default: int) -> int:
     """A whole number of seconds >= 1 from the environment variable ``name``, else ``default``."""
     text = os.environ.get(name)
     return positive_int(text, name=name, expected="a whole number of seconds") if text else default
+
+
+def env_delay(name: str, default: float) -> float:
+    """A number of seconds > 0 (fractions allowed: 0.2) from the environment variable ``name``, else ``default``."""
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise UserError(f"{name} must be a number of seconds, got {text!r}") from err
+    if not (value > 0 and math.isfinite(value)):
+        raise UserError(f"{name} must be a number of seconds > 0, got {text!r}")
+    return value
 
 
 class StaleTrialHandler:
@@ -238,10 +276,11 @@ class StaleTrialHandler:
 
 class ResilientStorage(BaseStorage, BaseHeartbeat):
     """A storage that delegates every call to ``backend`` (Optuna's cached RDB storage) and retries a call whose
-    database connection failed (:func:`is_connection_error`), with back-off, for up to ``outage_seconds``, on a
-    fresh connection each time (pre-ping replaces the dead ones in the pool). Past that, it raises
-    :class:`StorageUnavailable`, and so does every later call, at once. A failed heartbeat is logged, never raised:
-    the heartbeat thread must outlive an outage.
+    database connection failed (:func:`is_connection_error`), with back-off (sleeping ``first_delay`` seconds,
+    doubled after each try up to ``max_delay``), for up to ``outage_seconds``, on a fresh connection each time
+    (pre-ping replaces the dead ones in the pool). Past that, it raises :class:`StorageUnavailable`, and so does
+    every later call, at once. A failed heartbeat is logged, never raised: the heartbeat thread must outlive an
+    outage.
 
     Optuna's writes are one transaction each, so a retried call either did nothing or is repeated whole. A state
     change whose commit landed before the connection died is recognised on retry (the trial is then finished).
@@ -255,6 +294,8 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         url: str,
         outage_seconds: float = OUTAGE_SECONDS,
         when: Callable[[BaseException], bool] = is_connection_error,
+        first_delay: float = FIRST_DELAY,
+        max_delay: float = MAX_DELAY,
     ) -> None:
         if not isinstance(backend, BaseHeartbeat):
             raise TypeError(f"{type(backend).__name__} has no heartbeat interface")
@@ -262,6 +303,7 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         self._url = url  # masked: it goes into messages
         self._outage_seconds = outage_seconds
         self._when = when  # which errors are an outage (is_connection_error; the proxy's: sweeper.proxy)
+        self._first_delay, self._max_delay = first_delay, max_delay
         self._unavailable: StorageUnavailable | None = None
         self._heartbeat_lost = False  # warned once that heartbeats are not recorded
 
@@ -282,7 +324,14 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
                 raise
 
         try:
-            return retrying(when=self._when, deadline=self._outage_seconds, what=f"storage call {name}")(attempt)
+            policy = retrying(
+                when=self._when,
+                deadline=self._outage_seconds,
+                first_delay=self._first_delay,
+                max_delay=self._max_delay,
+                what=f"storage call {name}",
+            )
+            return policy(attempt)
         except Exception as err:
             if not self._when(err):
                 raise

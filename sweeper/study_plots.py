@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 import optuna
+from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
 from pipelines.paths import atomic_path
@@ -40,39 +41,56 @@ PANEL_INCHES = (3.6, 3.0)  # width, height of one panel: 9-point labels stay apa
 
 
 def write_study_plots(study: optuna.Study, out_dir: Path, *, objective: Objective) -> dict[str, Path]:
-    """The figures for ``study`` into ``out_dir``; name -> path of each written."""
+    """The figures for ``study`` (:func:`study_figures`) into ``out_dir``; name -> path of each written."""
+    return {name: save_figure(fig, out_dir / name) for name, fig in study_figures(study, objective=objective).items()}
+
+
+def study_figures(study: optuna.Study, *, objective: Objective) -> dict[str, Figure]:
+    """Every figure ``study`` can show, by file name; one that cannot be drawn (too few trials, nothing varies)
+    is left out with a log line."""
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    draw: dict[str, Callable[[], plt.Figure]] = {}
+    draw: dict[str, Callable[[], Figure]] = {}
     if objective.multi:
-        draw["pareto_front.png"] = functools.partial(_pareto_front, study, complete, objective)
+        draw["pareto_front.png"] = functools.partial(pareto_front_figure, study, objective=objective)
     else:
-        history = optuna.visualization.matplotlib.plot_optimization_history
-        draw["optimization_history.png"] = functools.partial(_optuna, history, study)
+        draw["optimization_history.png"] = functools.partial(optimization_history_figure, study)
         if len(complete) >= 2 and any(t.params for t in complete):
-            importances = optuna.visualization.matplotlib.plot_param_importances
-            draw["param_importances.png"] = functools.partial(_optuna, importances, study)
+            draw["param_importances.png"] = functools.partial(param_importances_figure, study)
     if any(t.params for t in complete):
-        draw["accuracy_vs_params.png"] = functools.partial(_accuracy_vs_params, complete, objective)
+        draw["accuracy_vs_params.png"] = functools.partial(accuracy_vs_params_figure, complete, objective=objective)
     if len(complete) >= 2:
-        draw["ridge.png"] = functools.partial(_ridge, complete, objective)
-    written: dict[str, Path] = {}
+        draw["ridge.png"] = functools.partial(ridge_figure, complete, objective=objective)
+    figures: dict[str, Figure] = {}
     for name, figure in draw.items():
         try:
-            fig = figure()
+            figures[name] = figure()
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             log.warning("skipped %s: %s", name, err)
-            continue
-        path = out_dir / name
-        try:
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, dpi=DPI)
-        finally:
-            plt.close(fig)
-        written[name] = path
-    return written
+    return figures
 
 
-def _optuna(plot: Callable[[optuna.Study], object], study: optuna.Study) -> plt.Figure:
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` at :data:`DPI` as it is laid out, whole or not at all (a full disk: UserError
+    naming it), and close it. Returns ``path``."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI)
+    finally:
+        plt.close(fig)  # Optuna's figures are pyplot's: registered until closed
+    return path
+
+
+def optimization_history_figure(study: optuna.Study) -> Figure:
+    """Optuna's optimization history (single-objective studies)."""
+    return _optuna(optuna.visualization.matplotlib.plot_optimization_history, study)
+
+
+def param_importances_figure(study: optuna.Study) -> Figure:
+    """Optuna's parameter importances (single-objective studies, at least 2 complete trials)."""
+    return _optuna(optuna.visualization.matplotlib.plot_param_importances, study)
+
+
+def _optuna(plot: Callable[[optuna.Study], object], study: optuna.Study) -> Figure:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's matplotlib backend is marked experimental
         ax = plot(study)
@@ -86,15 +104,13 @@ def _accuracy(trial: FrozenTrial) -> float:
     return trial.values[0]
 
 
-def _accuracy_vs_params(trials: list[FrozenTrial], objective: Objective) -> plt.Figure:
+def accuracy_vs_params_figure(trials: list[FrozenTrial], *, objective: Objective) -> Figure:
     """One panel per searched parameter (log x for positive ranges over a decade), coloured by trial number."""
     names = sorted({name for t in trials for name in t.params})
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(PANEL_INCHES[0] * columns + 1.2, PANEL_INCHES[1] * rows), squeeze=False,
-        layout="constrained",
-    )  # fmt: skip
+    fig = Figure(figsize=(PANEL_INCHES[0] * columns + 1.2, PANEL_INCHES[1] * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
     scatter = None
     for ax, name in zip(axes.flat, names, strict=False):
         drawn = [t for t in trials if name in t.params]
@@ -133,7 +149,9 @@ def _optim(trial: FrozenTrial) -> tuple[float, float, float] | None:
     return config.optim.lr, config.optim.momentum, config.optim.weight_decay
 
 
-def _ridge(trials: list[FrozenTrial], objective: Objective) -> plt.Figure:
+def ridge_figure(trials: list[FrozenTrial], *, objective: Objective) -> Figure:
+    """Myrtle's picture: accuracy over log λ and log α/(1-ρ) (equal λα/(1-ρ) at 45°), and accuracy against
+    λα/(1-ρ) coloured by ρ. Raises ValueError when fewer than 2 trials recorded a config or nothing varies."""
     points = [(t, p) for t in trials if (p := _optim(t)) is not None and p[2] > 0]
     lam = np.array([p[0] for _, p in points])
     decay = np.array([p[2] / (1 - p[1]) for _, p in points])  # alpha / (1 - rho)
@@ -141,7 +159,8 @@ def _ridge(trials: list[FrozenTrial], objective: Objective) -> plt.Figure:
         raise ValueError("lr, momentum and weight decay do not vary across the trials")
     accuracy = np.array([_accuracy(t) * 100 for t, _ in points])
     momentum = np.array([p[1] for _, p in points])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    left, right = fig.subplots(1, 2)
     dots = left.scatter(np.log10(decay), np.log10(lam), c=accuracy, cmap="viridis", s=36, edgecolors="none")
     xs, ys = np.array(_span(np.log10(decay))), np.array(_span(np.log10(lam)))
     for level in np.arange(math.floor(xs[0] + ys[0]), math.ceil(xs[1] + ys[1]) + 0.5, 0.5):  # equal λα/(1-ρ): 45°
@@ -172,11 +191,15 @@ def _span(values: np.ndarray) -> tuple[float, float]:
     return middle - half, middle + half
 
 
-def _pareto_front(study: optuna.Study, trials: list[FrozenTrial], objective: Objective) -> plt.Figure:
+def pareto_front_figure(study: optuna.Study, *, objective: Objective) -> Figure:
+    """A multi-objective study's complete trials, accuracy against cost, the front as a step line, each point
+    labelled with its epochs. Raises ValueError without a complete trial."""
+    trials = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not trials:
         raise ValueError("no complete trial")
     front = sorted(study.best_trials, key=lambda t: records.cost(t, objective))
-    fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
+    fig = Figure(figsize=(8, 4.8), layout="constrained")
+    ax = fig.subplots()
     ax.scatter([t.values[1] for t in trials], [t.values[0] * 100 for t in trials], color="0.6", s=26, label="trials")
     costs, accs = [t.values[1] for t in front], [t.values[0] * 100 for t in front]
     ax.step(costs, accs, where="post", color="tab:red", lw=1.5, label="Pareto front")

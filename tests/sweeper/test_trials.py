@@ -1,0 +1,95 @@
+"""sweeper.trials: one trial's config, its reports to the pruner, and how it ends (diverged, invalid draws)."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import yaml
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import TINY, invoke, run_sweeper
+from pipelines.callbacks import EpochMetrics
+from pipelines.config import Config
+from sweeper.objective import Objective
+from sweeper.trials import StudyObserver, TrialReporter, trial_config
+from sweeper.urls import absolute_sqlite
+
+
+def test_a_study_trial_evaluates_the_test_set_once_at_the_end():
+    config = Config().with_overrides({"data.val_size": 500, "train.epochs": 12})
+    assert trial_config(config, Objective("val")).train.test_every == 12
+    assert trial_config(config, Objective("val,train_seconds")).train.test_every == 12
+    assert trial_config(config, Objective("test")).train.test_every is None  # the pruner reads it every epoch
+    explicit = config.with_overrides({"train.test_every": 3})
+    assert trial_config(explicit, Objective("val")).train.test_every == 3
+
+
+def test_a_trial_is_not_pruned_at_its_last_epoch():
+    class Always(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            return True
+
+    trial = optuna.create_study(direction="maximize", pruner=Always()).ask()
+    reporter = TrialReporter(trial, Objective.val, StudyObserver(), epochs=2)
+
+    def epoch(n: int) -> EpochMetrics:
+        return EpochMetrics(
+            epoch=n, train_loss=1, train_accuracy=0.5, test_loss=1, test_accuracy=0.5, val_loss=1,
+            val_accuracy=0.6, lr=0.1, seconds=1, eval_seconds=0.1,
+        )  # fmt: skip
+
+    assert reporter.should_stop(epoch(1)) == "pruned"
+    assert reporter.should_stop(epoch(2)) is None  # complete: nothing left to save by stopping
+    assert trial.study.trials[0].intermediate_values == {1: 0.6, 2: 0.6}
+
+
+def test_diverging_trial_is_pruned_as_diverged_and_the_study_goes_on(image_folder, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  lr: {type: categorical, choices: [1000000.0, 0.1]}\n")
+    result = invoke(
+        "study", "run", "div", "--data", image_folder, "--space", space, "--sampler", "grid", "--n-trials", 2,
+        "--pruner", "none", "--json", "--set", *TINY, "train.epochs=2",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    trials = {t["params"]["lr"]: t for t in json.loads(result.stdout)["trials"]}
+    assert trials[1000000.0]["state"] == "diverged"
+    assert trials[0.1]["state"] == "complete"
+    study = optuna.load_study(study_name="div", storage="sqlite:///sweeper.db")
+    diverged = next(t for t in study.trials if t.params["lr"] == 1000000.0)
+    assert diverged.state == TrialState.PRUNED and diverged.user_attrs["reason"] == "diverged"
+    run = MlflowClient(absolute_sqlite("sqlite:///mlflow.db")).get_run(diverged.user_attrs["mlflow_run_id"])
+    assert run.data.tags["sweeper.state"] == "diverged"
+
+
+def test_a_drawn_combination_the_config_rejects_fails_that_trial_in_one_line(image_folder, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "params": {
+                    "train.epochs": {"type": "int", "low": 2, "high": 4},
+                    "schedule.policy": {"type": "categorical", "choices": ["step"]},
+                    "schedule.milestones": {
+                        "type": "categorical",
+                        "choices": [[3], [1]],
+                        "when": {"schedule.policy": "step"},
+                    },
+                }
+            },
+            sort_keys=False,
+        )
+    )
+    done = run_sweeper(
+        "study", "run", "combo", "--data", image_folder, "--space", space, "--n-trials", 6, "--sampler", "random",
+        "--seed", 0, "--json", "--set", *TINY, "train.epochs=2",
+    )  # fmt: skip  # its own process: Optuna's log lines about the failed trials are part of what it prints
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    trials = optuna.load_study(study_name="combo", storage=f"sqlite:///{tmp_path / 'sweeper.db'}").trials
+    invalid = [t for t in trials if t.params["train.epochs"] <= 3 and t.params["schedule.milestones"] == "[3]"]
+    assert invalid, "seed 0 draws no invalid combination"  # else the test proves nothing
+    for trial in trials:
+        assert (trial.state == optuna.trial.TrialState.FAIL) == (trial in invalid)
+    assert all("schedule.milestones must lie before the last epoch" in t.user_attrs["reason"] for t in invalid)
