@@ -46,7 +46,7 @@ def test_a_multi_objective_study_has_a_front_users_can_pick_from(image_folder, m
         "--n-trials", 3, "--sampler", "random", "--seed", "0", *common, "--json", "--set", *TINY,
     )  # fmt: skip
     assert run.exit_code == 0, run.output
-    assert "pruning is off for multi-objective studies" in run.stderr
+    assert "below the median of the complete trials of its own epoch budget" in run.stderr  # --pruner median
     study = optuna.load_study(study_name="cheap", storage=pg_url)
     assert study.metric_names == ["val_accuracy", "train_seconds"]  # what optuna-dashboard shows
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
