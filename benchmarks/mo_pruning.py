@@ -202,8 +202,9 @@ def plot(
             ax.scatter([t["epochs"] for t in complete], [100 * t["val"] for t in complete], s=12, color=color,
                        alpha=0.45)  # fmt: skip
             stopped = [t for t in done if t["state"] == "pruned" and t["val"] is not None]
+            where = f"{name}: pruned trials, where they stopped" if stopped else None
             ax.scatter([t["epochs"] for t in stopped], [100 * t["val"] for t in stopped], s=22, marker="x",
-                       color=color, alpha=0.8, label=f"{name}: pruned at" if stopped else None)  # fmt: skip
+                       color=color, alpha=0.8, label=where)  # fmt: skip
         ax.axhline(100 * target, color="gray", lw=0.8, ls=":")
         ax.set(xlabel="epochs trained", title=f"sampler seed {k}")
         ax.grid(alpha=0.3)

@@ -29,10 +29,8 @@ def config_yaml(epochs: int) -> str:
 
 def study_with(*complete: tuple[int, list[float]], pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     """A val,epochs study holding complete trials, each (its epochs, its val accuracy after each epoch)."""
-    study = optuna.create_study(
-        directions=Objective.val_epochs.directions, pruner=pruner or make_pruner("median", epochs=8,
-                                                                                 objective=Objective.val_epochs)
-    )  # fmt: skip
+    pruner = pruner or make_pruner("median", epochs=8, objective=Objective.val_epochs)
+    study = optuna.create_study(directions=Objective.val_epochs.directions, pruner=pruner)
     for epochs, values in complete:
         attrs = {
             records.CONFIG: config_yaml(epochs),
