@@ -20,11 +20,6 @@ A script, not library code: it prints, reads argv and exits. Results go to ``ben
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import logging
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -38,21 +33,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import optuna
-import torch
 
-from benchmarks.machine import cpu_model
+from benchmarks.studies import add_scale_args, load_scale, result_name, write_record
 from pipelines.config import Config
-from pipelines.data import load_splits
 from pipelines.errors import UserError
 from pipelines.reuse import RunCache
-from pipelines.train import check_data, run
+from pipelines.train import run
 from sweeper.objective import objective_value
 from sweeper.space import Space, parse_space
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
-SCHEMA = 1
 REGION = {"lr": (0.02, 4.0), "momentum": (0.8, 0.97), "weight_decay": (5e-5, 5e-3)}
 WITHIN = 0.005  # "within 0.5 pt of the best"
 MAX_REJECTIONS = 2000  # per seed: a reparam run that cannot find the region stops here
@@ -159,32 +148,13 @@ def format_table(table: dict[str, dict], trials: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(SHARED_DATA) if SHARED_DATA.exists() else "cifar10")
-    parser.add_argument("--train-limit", type=int, default=5000)
-    parser.add_argument("--val-size", type=int, default=1000)
-    parser.add_argument("--test-limit", type=int, default=1000)
-    parser.add_argument("--width", type=float, default=0.25)
+    add_scale_args(parser, train_limit=5000, val_size=1000, width=0.25, batch_size=128)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--trials", type=int, default=24, help="trained trials per space and seed (N)")
     parser.add_argument("--seeds", type=int, default=3, help="sampler seeds per space (K)")
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.basicConfig(level=logging.WARNING)
-    overrides = {
-        "data.path": args.data, "data.train_limit": args.train_limit, "data.val_size": args.val_size,
-        "data.test_limit": args.test_limit, "model.width": args.width, "train.epochs": args.epochs,
-        "train.batch_size": args.batch_size, "train.device": args.device,
-    }  # fmt: skip
-    if args.cache_dir:
-        overrides["data.cache_dir"] = args.cache_dir
     try:
-        config = Config().with_overrides(overrides)
-        splits = load_splits(config.data)
-        check_data(config, splits)
+        config, splits = load_scale(args, epochs=args.epochs)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -195,10 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, space in spaces().items():
             runs[name].append(search(space, config, splits, seed=seed, trials=args.trials, cache=cache))
     table = summarize(runs, args.trials)
-    stamp = datetime.datetime.now(datetime.UTC)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else cpu_model()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"spaces-{stamp:%Y%m%dT%H%M%SZ}"
+    name, stamp = result_name("spaces")
     title = f"reparam vs plain, N {args.trials}, K {args.seeds}, {args.epochs} epochs, width {args.width:g}"
     png = plot(runs, args.out_dir / f"{name}.png", title=title)
     protocol = {
@@ -210,28 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         "spaces": {n: s.to_dict() for n, s in spaces().items()},
         "rejection": "reparam draws with lr outside the region are pruned before training, not counted",
     }
-    versions = {"torch": torch.__version__, "optuna": optuna.__version__, "python": platform.python_version()}
-    record = {
-        "schema": SCHEMA,
-        "date": stamp.isoformat(timespec="seconds"),
-        "command": "python -m benchmarks.spaces " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "device": {"name": device, "threads": torch.get_num_threads(), **versions},
-        "protocol": protocol,
-        "config": config.to_dict(),
-        "data": {
-            "source": splits.source,
-            "train": len(splits.train),
-            "val": len(splits.val) if splits.val is not None else 0,
-            "test": len(splits.test),
-        },
-        "seconds": round(time.perf_counter() - started, 1),
-        "runs": runs,
-        "table": table,
-        "plot": str(png),
-    }
-    (args.out_dir / f"{name}.json").write_text(json.dumps(record, indent=2, default=float))
     print(format_table(table, args.trials))
-    print(f"wrote {args.out_dir / (name + '.json')} and {png} in {record['seconds']} s")
+    write_record(
+        args, argv, module="benchmarks.spaces", name=name, stamp=stamp, config=config, splits=splits,
+        started=started, body={"protocol": protocol, "runs": runs, "table": table, "plot": str(png)},
+    )  # fmt: skip
     return 0
 
 

@@ -10,6 +10,7 @@ import enum
 from typing import TYPE_CHECKING
 
 from pipelines.errors import UserError
+from sweeper.objective import Objective
 
 if TYPE_CHECKING:
     import optuna
@@ -52,15 +53,35 @@ def make_sampler(name: str, space: Space, *, seed: int | None) -> optuna.sampler
     return optuna.samplers.GridSampler(space.grid(), seed=seed)
 
 
-def make_pruner(name: str, *, epochs: int) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, *, epochs: int, objective: Objective | str = Objective.val) -> optuna.pruners.BasePruner:
+    """The pruner ``name`` for a study of ``objective`` whose base config trains ``epochs`` epochs. A
+    multi-objective study gets sweeper's own median rule (``sweeper.pruning``: Optuna prunes one objective only)."""
     import optuna
 
     kind = _choice(PrunerName, name, "pruner")
+    objective = Objective(objective)
+    if objective.multi:
+        return _multi_objective_pruner(kind, objective)
     if kind is PrunerName.median:
         # no pruning before 3 trials have finished, nor in a trial's first quarter (One Cycle is still warming up)
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 4))
     if kind is PrunerName.hyperband:
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def _multi_objective_pruner(kind: enum.Enum, objective: Objective) -> optuna.pruners.BasePruner:
+    import optuna
+
+    from sweeper.pruning import BudgetMedianPruner
+
+    if kind is PrunerName.hyperband:
+        raise UserError(
+            f"--pruner hyperband cannot prune two objectives ({objective.value}): its rungs compare trials at fixed "
+            "epochs whatever their epoch budget; use median (the default) or none"
+        )
+    if kind is PrunerName.median:
+        return BudgetMedianPruner(metric=f"{objective.split} accuracy")
     return optuna.pruners.NopPruner()
 
 

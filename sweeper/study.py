@@ -129,7 +129,7 @@ def plan_study(
         _refuse_changes(opts, space, config, recorded)
     _check_values(space, config, data)
     sampler = make_sampler(opts.sampler, space, seed=opts.seed)
-    pruner = make_pruner(opts.pruner, epochs=config.train.epochs)
+    pruner = make_pruner(opts.pruner, epochs=config.train.epochs, objective=opts.objective)
     return StudyPlan(opts, storage_url, space, config, sampler, pruner)
 
 
@@ -154,7 +154,7 @@ def _recorded_attrs(storage_url: str, name: str) -> dict[str, Any]:
 
 def _checked_objective(opts: StudyOptions, recorded: Mapping[str, Any], config: Config) -> StudyOptions:
     """``opts`` with an objective that exists, is the one the study recorded, fits the sampler and the data
-    split; pruning off for two objectives."""
+    split (``make_pruner`` checks that the pruner fits it)."""
     try:
         objective = Objective(opts.objective)
     except ValueError as err:
@@ -166,8 +166,6 @@ def _checked_objective(opts: StudyOptions, recorded: Mapping[str, Any], config: 
             f"study {opts.name!r} optimizes {recorded_objective}: a study's objectives cannot change to "
             f"{objective.value} (its trials would mix the two); start another study"
         )
-    if objective.multi and opts.pruner != "none":
-        opts = dataclasses.replace(opts, pruner="none")  # Optuna prunes single-objective studies only
     if objective.multi and opts.sampler in MULTI_OBJECTIVE_UNSUPPORTED:
         raise UserError(
             f"--sampler {opts.sampler} cannot optimize two objectives ({objective.value}); "

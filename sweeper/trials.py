@@ -22,9 +22,10 @@ from pipelines.callbacks import Callback, EpochMetrics
 from pipelines.config import Config
 from pipelines.data import Splits, SplitsCache
 from pipelines.errors import UserError, chain, one_line, out_of_space
+from pipelines.result import Result
 from pipelines.reuse import RunCache
 from pipelines.train import run
-from sweeper import interrupts, outcome, records
+from sweeper import interrupts, outcome, pruning, records
 from sweeper.connections import WORKER_ENV
 from sweeper.interrupts import InterruptCheck
 from sweeper.objective import Objective, objective_value, objective_values
@@ -52,7 +53,8 @@ class StudyObserver:
 class TrialReporter(Callback):
     """Records the trial's epochs (``records.EpochRecorder``: the objective, so pruners can act, and the epoch's
     metrics), tells the observer, and asks the pruner whether to stop (not after the last epoch: the trial is
-    complete then; not in a multi-objective study, which Optuna cannot prune)."""
+    complete then): Optuna's ``should_prune``, or, in a multi-objective study, which Optuna refuses to prune, the
+    study's own rule (``sweeper.pruning``) on the trial as the storage holds it."""
 
     def __init__(self, trial: optuna.Trial, objective: Objective, observer: StudyObserver, *, epochs: int) -> None:
         self.trial, self.objective, self.observer, self.epochs = trial, objective, observer, epochs
@@ -64,8 +66,10 @@ class TrialReporter(Callback):
 
     def should_stop(self, metrics: EpochMetrics) -> str | None:
         value = objective_value(self.objective, metrics)
-        if self.objective.multi or value is None or metrics.epoch >= self.epochs:  # None: not evaluated this epoch
+        if value is None or metrics.epoch >= self.epochs:  # None: not evaluated this epoch
             return None
+        if self.objective.multi:  # the reason names the epoch and the median it missed
+            return pruning.stop_reason(self.trial.study, _frozen(self.trial))
         return Outcome.PRUNED.value if self.trial.should_prune() else None
 
 
@@ -91,6 +95,22 @@ def trial_config(config: Config, objective: Objective) -> Config:
     if objective.split == "val" and config.train.test_every is None:
         return config.with_overrides({"train.test_every": config.train.epochs})
     return config
+
+
+def trial_values(trial: optuna.Trial, result: Result, objective: Objective) -> float | list[float]:
+    """Record what ``trial``'s run produced (test accuracy, training seconds: a pruned trial's partial cost) and
+    return its objective values; raise ``optuna.TrialPruned`` with the reason recorded for a run that diverged or
+    was stopped by the pruner."""
+    trial.set_user_attr(records.TEST_ACCURACY, result.test_accuracy)
+    trial.set_user_attr(records.TRAIN_SECONDS, result.seconds)
+    ended = outcome.of_result(result)
+    if ended is Outcome.DIVERGED:
+        trial.set_user_attr(records.REASON, Outcome.DIVERGED.value)
+        raise optuna.TrialPruned(result.reason)
+    if ended is Outcome.PRUNED:
+        trial.set_user_attr(records.REASON, result.reason or Outcome.PRUNED.value)
+        raise optuna.TrialPruned(result.reason)
+    return objective_values(objective, result)
 
 
 @dataclass
@@ -156,17 +176,8 @@ class TrialRunner:
             if self._fatal is None:
                 log.exception("trial %d failed", trial.number)
             raise
-        trial.set_user_attr(records.TEST_ACCURACY, result.test_accuracy)
-        trial.set_user_attr(records.TRAIN_SECONDS, result.seconds)
         tracked.log_compile(result.compile_seconds)  # the worker's first trial on CUDA
-        ended = outcome.of_result(result)
-        if ended is Outcome.DIVERGED:
-            trial.set_user_attr(records.REASON, Outcome.DIVERGED.value)
-            raise optuna.TrialPruned(result.reason)
-        if ended is Outcome.PRUNED:
-            trial.set_user_attr(records.REASON, result.reason or Outcome.PRUNED.value)
-            raise optuna.TrialPruned(result.reason)
-        return objective_values(ctx.objective, result)
+        return trial_values(trial, result, ctx.objective)
 
     def _stop_if_out_of_space(self, err: BaseException) -> None:
         """A full disk fails every trial after this one too: the study stops once this trial is recorded."""

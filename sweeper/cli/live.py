@@ -169,8 +169,9 @@ def _test(row: Mapping[str, Any]) -> str:
 
 
 def _state(row: Mapping[str, Any]) -> str:
+    """The trial's state; a running or pruned one's with its (last) epoch: ``pruned (epoch 3)``."""
     state = row.get("state", "")
-    return f"running (epoch {row['epoch']})" if state == "running" and row.get("epoch") else state
+    return f"{state} (epoch {row['epoch']})" if state in ("running", "pruned") and row.get("epoch") else state
 
 
 def _time(row: Mapping[str, Any]) -> str:

@@ -76,7 +76,8 @@ ObjectiveOpt = Annotated[
     typer.Option(
         "--objective",
         help="val: accuracy on the held-out split (data.val_size); test: on the test set. With ,train_seconds or "
-        ",epochs: that accuracy against the cost, both optimized (a Pareto front; no pruning).",
+        ",epochs: that accuracy against the cost, both optimized (a Pareto front; --pruner median compares a trial "
+        "with complete trials of its own epoch budget).",
         show_default="the study's, else val",
         rich_help_panel=SEARCH_PANEL,
     ),
@@ -149,7 +150,7 @@ def init(
     sp, cfg, changes = _study_inputs(config, set_, overrides, data, space)
     opts = _opts(name, storage=storage, tracking=tracking_uri, sampler=sampler, pruner=pruner, objective=objective)
     plan = plan_study(opts, space=sp, config=cfg, overrides=changes, data=SplitsCache(), keep_recorded=not force)
-    _pruning_note(plan.opts.objective)
+    _pruning_note(plan.opts.objective, plan.opts.pruner)
     ctx = open_study(plan)
     close_study(ctx, Outcome.COMPLETE)  # made and recorded; `study run` marks it RUNNING again
     typer.echo(
@@ -159,9 +160,15 @@ def init(
     print_runs_link(ctx.tracker.uri, ctx.tracker.experiment_id)
 
 
-def _pruning_note(objective: str) -> None:
-    if Objective(objective).multi:
-        err_console.print("note: pruning is off for multi-objective studies (Optuna prunes one objective only)")
+def _pruning_note(objective: str, pruner: str) -> None:
+    from sweeper.pruning import STARTUP_TRIALS
+
+    if Objective(objective).multi and pruner == PrunerName.median.value:
+        err_console.print(
+            "note: a trial is pruned when its accuracy falls below the median of the complete trials of its own "
+            f"epoch budget at the same epoch (after {STARTUP_TRIALS} of them)",
+            highlight=False,
+        )
 
 
 @study_app.command("run")
@@ -259,7 +266,7 @@ def run_cmd(
     in_processes = needs_processes(worker_plan, gpus=gpus)
     if from_lr_finder and in_processes:
         raise UserError("--from-lr-finder runs in one process: enqueue it with a single `study run` first")
-    _pruning_note(study_plan.opts.objective)
+    _pruning_note(study_plan.opts.objective, study_plan.opts.pruner)
     with holding(open_study(study_plan, idle=in_processes)) as ctx:
         if in_processes:
             assert worker_plan is not None
