@@ -25,14 +25,9 @@ import argparse  # noqa: E402 - after the clock on purpose
 import datetime  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -41,13 +36,21 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.baseline import BaselineResult, run_baseline  # noqa: E402
+from benchmarks.concurrency import run_concurrency, worker_main  # noqa: E402
+from benchmarks.machine import (  # noqa: E402
+    CPU_PEAK_SIZE,
+    CUDA_PEAK_SIZE,
+    device_info,
+    measure_peak,
+    slug,
+)
 from pipelines.config import Config  # noqa: E402
 from pipelines.data import Splits, load_splits  # noqa: E402
 from pipelines.errors import UserError  # noqa: E402
 from pipelines.model import build_model  # noqa: E402
 from pipelines.result import Result  # noqa: E402
 from pipelines.reuse import RunCache  # noqa: E402
-from pipelines.train import check_trainable, resolve_device, run  # noqa: E402
+from pipelines.train import check_data, resolve_device, run  # noqa: E402
 from sweeper.overrides import resolve_config  # noqa: E402
 
 __all__ = ["FLOP_PER_TRAIN_IMAGE", "VARIANTS", "bench", "format_table", "main", "measure_peak"]
@@ -67,12 +70,6 @@ FLOP_PER_TRAIN_IMAGE = 2.28e9
 # input and output channels multiplied). The prep conv and FC scale by width only: at width 1 they are 0.5% of
 # the total, at width 0.125 the exact count is 3.2% above the width**2 figure (see "forward_flop_counted").
 FLOP_BASIS = "2.28 GFLOP per training image x width**2 (issue: 3 x 0.759 GFLOP forward at width 1)"
-
-# Peak: one square matmul timed repeatedly; the best repetition is the peak (the issue's 8192^3 bf16 on CUDA).
-CUDA_PEAK_SIZE = 8192  # issue; 1.1 TFLOP per matmul: ~1-2 ms at an H100's bf16 rate (spec, not measured here)
-CPU_PEAK_SIZE = 2048  # 17 GFLOP per fp32 matmul: 0.1-0.3 s on 2 cores here (measured), so ~3 s for the peak
-CUDA_PEAK_REPS, CPU_PEAK_REPS = 20, 10  # best-of: on a shared CPU, more tries catch a quiet moment
-PEAK_WARMUP = 2  # untimed matmuls first: cuBLAS handle and kernel selection, CPU thread pool start-up
 
 log = logging.getLogger("benchmarks.bench")
 Printer = Callable[[str], None]
@@ -160,87 +157,12 @@ def build_config(args: argparse.Namespace) -> Config:
 # ---------------------------------------------------------------------------------------------------------- pieces
 
 
-def measure_peak(device: torch.device, *, size: int | None = None, reps: int | None = None) -> dict[str, Any]:
-    """The device's matmul peak in TFLOP/s: bf16 on CUDA (CUDA events), fp32 on the CPU (perf_counter).
-
-    Each repetition is one ``size``^3 matmul (2 * size^3 FLOP) after PEAK_WARMUP untimed ones; the best repetition
-    is the peak, the median is kept too. On CUDA each repetition's time is the GPU time between two events
-    recorded around the one matmul, read after synchronizing on the end event: kernel time plus launch gaps.
-    """
-    cuda = device.type == "cuda"
-    size = size or (CUDA_PEAK_SIZE if cuda else CPU_PEAK_SIZE)
-    reps = reps or (CUDA_PEAK_REPS if cuda else CPU_PEAK_REPS)
-    dtype = torch.bfloat16 if cuda else torch.float32
-    gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
-    b = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
-    for _ in range(PEAK_WARMUP):
-        a @ b
-    seconds = []
-    if cuda:
-        torch.cuda.synchronize(device)
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            a @ b
-            end.record()
-            end.synchronize()
-            seconds.append(start.elapsed_time(end) / 1000.0)  # elapsed_time: milliseconds
-    else:
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            a @ b
-            seconds.append(time.perf_counter() - t0)
-    flop = 2.0 * size**3
-    return {
-        "tflops": flop / min(seconds) / 1e12,
-        "median_tflops": flop / statistics.median(seconds) / 1e12,
-        "dtype": str(dtype).removeprefix("torch."),
-        "size": size,
-        "reps": reps,
-        "method": f"{'bf16' if cuda else 'fp32'} matmul {size}^3, best of {reps} "
-        + ("(CUDA events)" if cuda else "(perf_counter)"),
-    }
-
-
 def forward_flop_counted(config: Config, num_classes: int) -> int:
     """FLOP of one 32x32 image's forward pass at the config's width, counted by torch on the meta device."""
     model = build_model(config.model, num_classes=num_classes).to("meta")
     with FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, 3, 32, 32, device="meta"))
     return int(counter.get_total_flops())
-
-
-def device_info(device: torch.device) -> dict[str, Any]:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu {cpu_model()}".strip()
-    return {
-        "type": device.type,
-        "name": name,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "matmul_precision": torch.get_float32_matmul_precision(),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "device"
 
 
 def rates(*, seconds: float, epochs: int, images_per_epoch: int, flop_per_image: float) -> dict[str, float]:
@@ -312,7 +234,7 @@ def _fast_run_row(result: Result, *, seed: int) -> dict[str, Any]:
         "eval_seconds": result.eval_seconds,
         "total_seconds": result.total_seconds,
         "steps_per_epoch": result.steps_per_epoch,
-        "epoch_seconds": [m.seconds for m in result.history],
+        "epoch_seconds": [m.epoch_seconds for m in result.history],
         "test_accuracy": result.test_accuracy,
     }
 
@@ -349,129 +271,6 @@ def run_baseline_variant(config: Config, splits: Splits, *, flop_per_image: floa
 # ------------------------------------------------------------------------------------------------------- concurrency
 
 
-def run_concurrency(args: argparse.Namespace, config: Config, *, ks: Sequence[int]) -> dict[str, Any]:
-    """For each K: K worker processes (``python -m benchmarks.bench --worker``) started together, each running
-    ``--worker-trials`` fast-path trials one after another; wall time from the first start to the last exit.
-
-    ``trials_per_hour`` counts everything a fresh worker pays (interpreter, imports, data from the cache, compile);
-    ``steady_trials_per_hour`` sums each worker's rate after its first trial (what a long-lived sweep worker sees).
-    The best K is ranked by the steady rate when every worker ran at least two trials.
-    """
-    device = resolve_device(config.train.device)
-    parent_threads = args.threads or torch.get_num_threads()
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
-        for k in ks:
-            # CPU: the cores are split between the K processes (K x all threads would oversubscribe them).
-            threads = max(1, parent_threads // k) if device.type == "cpu" else args.threads
-            started = time.perf_counter()
-            workers = _run_workers(args, config, k=k, threads=threads, folder=Path(tmp))
-            wall = time.perf_counter() - started
-            trials = k * args.worker_trials
-            steady = [w["steady_trials_per_hour"] for w in workers]
-            rows.append(
-                {
-                    "k": k,
-                    "threads_per_worker": threads,
-                    "trials": trials,
-                    "wall_seconds": wall,
-                    "trials_per_hour": trials * 3600.0 / wall,
-                    "steady_trials_per_hour": sum(steady) if all(s is not None for s in steady) else None,
-                    "train_seconds_per_trial": statistics.mean(s for w in workers for s in w["seconds"]),
-                    "eval_seconds_per_trial": statistics.mean(s for w in workers for s in w["eval_seconds"]),
-                    "process_seconds": [w["process_seconds"] for w in workers],
-                    "workers": workers,
-                }
-            )
-    key = "steady_trials_per_hour" if all(r["steady_trials_per_hour"] is not None for r in rows) else "trials_per_hour"
-    best = max(rows, key=lambda r: r[key]) if rows else None
-    best_k = best["k"] if best else None
-    return {"worker_trials": args.worker_trials, "ranked_by": key, "best_k": best_k, "results": rows}
-
-
-def _run_workers(
-    args: argparse.Namespace, config: Config, *, k: int, threads: int | None, folder: Path
-) -> list[dict[str, Any]]:
-    """Start K workers at once, wait for all; their JSON timings. A failed worker is a bug: its log is raised."""
-    procs = []
-    for i in range(k):
-        result_file, log_path = folder / f"k{k}-w{i}.json", folder / f"k{k}-w{i}.log"
-        # Seeds 100 apart per worker: the K concurrent trials differ, as the trials of a sweep do.
-        cmd = _worker_command(args, config, result_file=result_file, threads=threads, seed=args.seed + 100 * i)
-        with log_path.open("wb") as log_file:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_worker_env(), stdout=log_file, stderr=subprocess.STDOUT)
-        procs.append((proc, result_file, log_path))
-    for proc, _, _ in procs:
-        proc.wait()
-    workers = []
-    for i, (proc, result_file, log_path) in enumerate(procs):
-        if proc.returncode != 0 or not result_file.exists():
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"concurrency worker {i} of K={k} exited {proc.returncode}:\n{tail}")
-        workers.append(json.loads(result_file.read_text()))
-    return workers
-
-
-def _worker_command(
-    args: argparse.Namespace, config: Config, *, result_file: Path, threads: int | None, seed: int
-) -> list[str]:
-    """The worker's argv: the resolved config travels as --set overrides, so it trains exactly ``config``."""
-    seeded = config.with_overrides({"train.seed": seed})
-    sets = [f"{key}={json.dumps(value)}" for key, value in _flatten(seeded.to_dict())]  # JSON values are YAML
-    cmd = [sys.executable, "-m", "benchmarks.bench", "--worker", "--result-file", str(result_file)]
-    cmd += ["--data", config.data.path, "--device", config.train.device, "--seed", str(seed)]
-    cmd += ["--compile", "on" if config.train.compile else "off", "--worker-trials", str(args.worker_trials)]
-    if threads is not None:
-        cmd += ["--threads", str(threads)]
-    for item in sets:
-        cmd += ["--set", item]
-    return cmd
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out += _flatten(value, f"{prefix}{key}.")
-        else:
-            out.append((f"{prefix}{key}", value))
-    return out
-
-
-def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def worker_main(args: argparse.Namespace) -> int:
-    """One concurrent trial process: load the data, run --worker-trials trials, write the timings as JSON."""
-    config = build_config(args)
-    splits = load_splits(config.data)
-    cache = RunCache()
-    seconds, eval_seconds, accuracies, ends = [], [], [], []
-    for i in range(args.worker_trials):
-        seeded = config.with_overrides({"train.seed": config.train.seed + i})
-        result = run(seeded, splits=splits, cache=cache, write_outputs=False)
-        ends.append(time.perf_counter() - PROCESS_START)
-        seconds.append(result.seconds)
-        eval_seconds.append(result.eval_seconds)
-        accuracies.append(result.test_accuracy)
-    # Steady state: trials after the first, whose process start, data load and compile are already paid.
-    steady = (len(ends) - 1) * 3600.0 / (ends[-1] - ends[0]) if len(ends) > 1 and ends[-1] > ends[0] else None
-    payload = {
-        "seconds": seconds,
-        "eval_seconds": eval_seconds,
-        "test_accuracy": accuracies,
-        "trial_end_seconds": ends,  # since this process's PROCESS_START
-        "process_seconds": ends[0],
-        "steady_trials_per_hour": steady,
-        "threads": torch.get_num_threads(),
-    }
-    args.result_file.write_text(json.dumps(payload))
-    return 0
-
-
 # ------------------------------------------------------------------------------------------------------------ report
 
 
@@ -482,7 +281,7 @@ def bench(args: argparse.Namespace, *, out: Printer = print) -> dict[str, Any]:
     device = resolve_device(config.train.device)
     out(f"loading {config.data.path} ...")
     splits = load_splits(config.data)
-    check_trainable(config, splits)  # e.g. a batch larger than the training set, before anything runs
+    check_data(config, splits)  # e.g. a batch larger than the training set, before anything runs
     width = config.model.width
     flop_per_image = FLOP_PER_TRAIN_IMAGE * width**2
     variants: dict[str, Any] = {}
@@ -596,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.worker:
             if args.result_file is None:
                 raise UserError("--worker needs --result-file")
-            return worker_main(args)
+            return worker_main(args, build_config(args), process_start=PROCESS_START)
         progress: Printer = _stderr if args.json else print
         report = bench(args, out=progress)
         if not args.no_write:

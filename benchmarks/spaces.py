@@ -40,12 +40,12 @@ import numpy as np
 import optuna
 import torch
 
-from benchmarks.bench import cpu_model
+from benchmarks.machine import cpu_model
 from pipelines.config import Config
 from pipelines.data import load_splits
 from pipelines.errors import UserError
 from pipelines.reuse import RunCache
-from pipelines.train import check_trainable, run
+from pipelines.train import check_data, run
 from sweeper.objective import objective_value
 from sweeper.space import Space, parse_space
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = Config().with_overrides(overrides)
         splits = load_splits(config.data)
-        check_trainable(config, splits, write_outputs=False)
+        check_data(config, splits)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

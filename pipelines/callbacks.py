@@ -6,9 +6,11 @@ answers ``should_stop``, a progress bar listens to ``on_step``. Every method has
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,11 +29,21 @@ class EpochMetrics:
     val_loss: float | None
     val_accuracy: float | None
     lr: float  # LR at the end of the epoch
-    seconds: float  # wall time of this epoch's training (not evaluation)
-    eval_seconds: float
+    epoch_seconds: float  # wall time of this epoch's training (not evaluation)
+    eval_seconds: float  # wall time of this epoch's evaluation
+
+    # The one list of what an epoch measured: a new per-epoch metric is a field here, set by the loop
+    # (pipelines.train), and every consumer (MLflow, the trial's record, the tables, metrics.json) takes it from
+    # as_dict()/measured() without naming it again.
+    NOT_MEASURED: ClassVar[tuple[str, ...]] = ("epoch", "lr")  # the step, and the LR (logged per step instead)
 
     def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """Every field that has a value, by name (metrics.json's history, a trial's record)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    def measured(self) -> dict[str, float]:
+        """What the epoch measured, by metric name: as_dict() without the epoch number and the LR."""
+        return {k: v for k, v in self.as_dict().items() if k not in self.NOT_MEASURED}
 
 
 class Callback:

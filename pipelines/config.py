@@ -458,44 +458,67 @@ def _build(cls: type, raw: Any, *, prefix: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """Check (and gently convert: int -> float, list -> tuple) a scalar against its annotation."""
+    """Check (and gently convert: int -> float, list -> tuple) a value against its annotation."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(option, value, key)
-            except UserError:
-                continue
-        raise UserError(f"{key} must be {_describe(hint)}, got {value!r}")
+        return _coerce_union(hint, value, key)
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"{key} must be a list, got {value!r}")
-        item = typing.get_args(hint)[0]
-        if item in (bool, int, float, str):  # a list of scalars: each checked like a scalar key
-            return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-        return tuple(value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    else:
+        return _coerce_tuple(hint, value, key)
+    if hint not in _SCALARS:
         return value
+    converted = _SCALARS[hint](value)
+    if converted is _REJECTED:
+        raise UserError(f"{key} must be {_describe(hint)}, got {value!r}")
+    return converted
+
+
+def _coerce_union(hint: Any, value: Any, key: str) -> Any:
+    """The first option of ``X | Y | None`` that takes ``value``."""
+    options = typing.get_args(hint)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce(option, value, key)
+        except UserError:
+            continue
     raise UserError(f"{key} must be {_describe(hint)}, got {value!r}")
+
+
+def _coerce_tuple(hint: Any, value: Any, key: str) -> tuple[Any, ...]:
+    """A list (YAML) as a tuple; a list of scalars is checked item by item like scalar keys."""
+    if not isinstance(value, (list, tuple)):
+        raise UserError(f"{key} must be a list, got {value!r}")
+    item = typing.get_args(hint)[0]
+    if item in _SCALARS:
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    return tuple(value)
+
+
+_REJECTED = object()  # what a scalar conversion returns for a value of the wrong type
+
+
+def _as_bool(value: Any) -> Any:
+    return value if isinstance(value, bool) else _REJECTED
+
+
+def _as_int(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int(value) if isinstance(value, float) and value.is_integer() else _REJECTED
+
+
+def _as_float(value: Any) -> Any:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _REJECTED
+
+
+def _as_str(value: Any) -> Any:
+    return value if isinstance(value, str) else _REJECTED
+
+
+_SCALARS = {bool: _as_bool, int: _as_int, float: _as_float, str: _as_str}
 
 
 def _describe(hint: Any) -> str:

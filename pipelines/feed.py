@@ -51,18 +51,13 @@ class Feeder:
         x = images.float().mul_(self.scale).add_(self.shift)
         return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
 
-    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One pass over the shuffled, augmented train split: (normalised float32 (B, 3, H, W), int64 (B,)) batches.
+    def raw_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass over the shuffled, augmented train split: (uint8 (B, 3, H, W), int64 (B,)) batches on the
+        device, to be normalised by :meth:`normalize` inside the step (a captured step does it in its graph).
 
         B is train.batch_size; the last partial batch is dropped. Each call draws a new order and new
         augmentations; the sequence over calls is fixed by train.seed.
         """
-        for images, labels in self.raw_epoch():
-            yield self.normalize(images), labels
-
-    def raw_epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """As :meth:`epoch`, before normalisation: uint8 (B, 3, H, W) batches on the device (a captured step
-        normalises inside its graph)."""
         if self.loader is not None:
             for images, labels in self.loader:
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)

@@ -22,17 +22,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines import plots
+from pipelines import lr_range, plots
 from pipelines.callbacks import Callback
 from pipelines.config import Config
 from pipelines.data import Splits, load_splits
 from pipelines.errors import UserError
 from pipelines.feed import Feeder
-from pipelines.model import build_model
+from pipelines.lr_range import DIVERGE_FACTOR, MAX_LR, MIN_LR, MODES, NUM_ITER, SMOOTH
 from pipelines.result import Result
 from pipelines.reuse import RunCache
-from pipelines.step import autocast
-from pipelines.train import check_trainable, resolve_device, run
+from pipelines.schedules import ScheduleCurve
+from pipelines.step import TorchStep
+from pipelines.train import check_data, resolve_device, run
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ class LRFinderResult:
 
     lrs: tuple[float, ...]
     losses: tuple[float, ...]
-    raw_losses: tuple[float, ...]
     suggestions: dict[str, float]  # valley, steepest, min_loss_div10
     max_lr: float  # suggested optim.lr (the cycle's peak): the valley
     min_lr: float  # suggested start of the cycle: max_lr / schedule.start_div
@@ -61,104 +61,125 @@ class LRFinderResult:
         }
 
 
+@dataclass(frozen=True)
+class _Sweep:
+    lrs: list[float]  # as used, step by step
+    smoothed: list[float]  # the debiased EMA of the loss after each step
+    diverged_at: float | None
+
+
 def lr_range_test(
     config: Config,
     *,
-    min_lr: float = 1e-4,
-    max_lr: float = 10.0,
-    num_iter: int = 100,
-    mode: str = "exp",
-    smooth: float = 0.05,
-    diverge_factor: float = 4.0,
+    min_lr: float = MIN_LR,
+    max_lr: float = MAX_LR,
+    num_iter: int = NUM_ITER,
+    mode: str = MODES[0],
+    smooth: float = SMOOTH,
+    diverge_factor: float = DIVERGE_FACTOR,
     splits: Splits | None = None,
     model: nn.Module | None = None,
+    cache: RunCache | None = None,
     on_step: Callable[[int, float, float], None] | None = None,
     plot_path: Path | None = None,
 ) -> LRFinderResult:
     """Train for up to ``num_iter`` steps with the LR going from ``min_lr`` to ``max_lr`` (exp: log-spaced).
 
-    Stops early once the smoothed loss exceeds ``diverge_factor`` x its minimum. The model's weights (and BN
-    statistics) are restored afterwards, so a model passed in is left as it was. Uses the config's optimizer
-    (momentum, Nesterov, weight decay), augmentation and batch size; ``on_step(step, lr, smoothed_loss)``.
+    The steps are training's own (:class:`~pipelines.step.TorchStep`: the config's SGD, fused on CUDA, on the
+    model of ``cache``, compiled where training would compile it), on training's data path. Stops early once the
+    smoothed loss exceeds ``diverge_factor`` x its minimum. The model's weights (and BN statistics) are restored
+    afterwards, so a model passed in (or cached) is left as it was. ``on_step(step, lr, smoothed_loss)``.
     """
+    plan = _planned_lrs(min_lr, max_lr, num_iter, mode)
+    device = resolve_device(config.train.device)
+    splits = splits or load_splits(config.data)
+    check_data(config, splits)  # batch size, image size, augmentation ops
+    torch.manual_seed(config.train.seed)
+    cache = cache or RunCache()
+    if model is None:
+        size = tuple(splits.train.images.shape[1:3])
+        built = cache.model(config, num_classes=len(splits.classes), device=device, image_size=size)
+        module, runner = built.module, built.runner
+    else:
+        module = runner = model
+    saved = copy.deepcopy(module.state_dict())
+    try:
+        sweep = _sweep(config, splits, device, cache, module, runner, plan, smooth, diverge_factor, on_step)
+    finally:
+        module.load_state_dict(saved)
+    return _read(sweep, config, log_x=mode == "exp", plot_path=plot_path)
+
+
+def _planned_lrs(min_lr: float, max_lr: float, num_iter: int, mode: str) -> np.ndarray:
     if not 0 < min_lr < max_lr:
         raise UserError(f"lr-find needs 0 < min_lr < max_lr, got {min_lr} and {max_lr}")
     if num_iter < 5:
         raise UserError(f"lr-find needs at least 5 iterations, got {num_iter}")
-    if mode not in ("exp", "linear"):
+    if mode not in MODES:
         raise UserError(f"lr-find mode must be exp or linear, got {mode!r}")
-    device = resolve_device(config.train.device)
-    torch.manual_seed(config.train.seed)
-    splits = splits or load_splits(config.data)
-    check_trainable(config, splits, write_outputs=False)  # batch size, image size, augmentation ops
-    if model is None:
-        model = build_model(config.model, num_classes=len(splits.classes)).to(device)
-    saved = copy.deepcopy(model.state_dict())
-    lrs_plan = np.geomspace(min_lr, max_lr, num_iter) if mode == "exp" else np.linspace(min_lr, max_lr, num_iter)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=float(lrs_plan[0]),
-        momentum=config.optim.momentum,
-        nesterov=config.optim.nesterov,
-        weight_decay=config.optim.weight_decay,
-    )
+    return np.geomspace(min_lr, max_lr, num_iter) if mode == "exp" else np.linspace(min_lr, max_lr, num_iter)
+
+
+def _sweep(
+    config: Config,
+    splits: Splits,
+    device: torch.device,
+    cache: RunCache,
+    module: nn.Module,
+    runner: nn.Module,
+    plan: np.ndarray,
+    smooth: float,
+    diverge_factor: float,
+    on_step: Callable[[int, float, float], None] | None,
+) -> _Sweep:
+    """The training steps at the planned LRs, each loss read and smoothed, until the plan ends or the loss
+    diverges."""
+    momenta = (config.optim.momentum,) * len(plan)
+    curve = ScheduleCurve(tuple(float(lr) for lr in plan), momenta, steps_per_epoch=len(plan))
     criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
-    feeder = Feeder(config, splits, device)
+    feeder = Feeder(config, splits, device, cache)
+    step_fn = TorchStep(config, module, runner, criterion, curve, feeder.normalize, device)
     lrs: list[float] = []
-    raw: list[float] = []
     smoothed: list[float] = []
-    avg, best, diverged_at = 0.0, math.inf, None
-    model.train()
-    try:
-        while len(lrs) < num_iter and diverged_at is None:
-            for x, y in feeder.epoch():
-                step = len(lrs)
-                if step >= num_iter:
-                    break
-                lr = float(lrs_plan[step])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with autocast(device):
-                    loss = criterion(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                value = float(loss.detach())  # the range test needs each loss to decide when to stop: one sync per step
-                # EMA from 0, debiased (Adam/fastai): the first smoothed value is the first loss itself
-                avg = smooth * value + (1 - smooth) * avg
-                debiased = avg / (1 - (1 - smooth) ** (step + 1))
-                lrs.append(lr)
-                raw.append(value)
-                smoothed.append(debiased)
-                if on_step is not None:
-                    on_step(step, lr, debiased)
-                if not math.isfinite(debiased) or (step > 0 and debiased > diverge_factor * best):
-                    diverged_at = lr
-                    break
-                best = min(best, debiased)
-    finally:
-        model.load_state_dict(saved)
-    finite = [i for i, v in enumerate(smoothed) if math.isfinite(v)]
+    avg, best = 0.0, math.inf
+    module.train()
+    while len(lrs) < len(plan):
+        for x, y in feeder.raw_epoch():
+            step = len(lrs)
+            if step >= len(plan):
+                break
+            value = float(step_fn(x, y, step))  # the range test needs each loss to decide when to stop: one sync
+            avg = smooth * value + (1 - smooth) * avg  # EMA from 0, debiased (Adam/fastai): the first is the loss
+            debiased = avg / (1 - (1 - smooth) ** (step + 1))
+            lrs.append(curve.lrs[step])
+            smoothed.append(debiased)
+            if on_step is not None:
+                on_step(step, curve.lrs[step], debiased)
+            if not math.isfinite(debiased) or (step > 0 and debiased > diverge_factor * best):
+                return _Sweep(lrs, smoothed, diverged_at=curve.lrs[step])
+            best = min(best, debiased)
+    return _Sweep(lrs, smoothed, diverged_at=None)
+
+
+def _read(sweep: _Sweep, config: Config, *, log_x: bool, plot_path: Path | None) -> LRFinderResult:
+    """The suggestions (and the plot) from a sweep's finite part."""
+    finite = [i for i, v in enumerate(sweep.smoothed) if math.isfinite(v)]
     if len(finite) < 5:
         raise UserError(f"lr-find diverged after {len(finite)} steps; lower --min-lr")
-    lrs_arr = np.asarray([lrs[i] for i in finite])
-    loss_arr = np.asarray([smoothed[i] for i in finite])
-    suggestions = suggest(lrs_arr, loss_arr)
-    max_suggested = suggestions["valley"]
-    result_plot = None
+    lrs = np.asarray([sweep.lrs[i] for i in finite])
+    losses = np.asarray([sweep.smoothed[i] for i in finite])
+    suggestions = suggest(lrs, losses)
+    plot = None
     if plot_path is not None:
-        result_plot = plots.plot_lr_finder(
-            lrs_arr, loss_arr, plot_path, suggestions=suggestions, chosen="valley", log_x=mode == "exp"
-        )
+        plot = plots.plot_lr_finder(lrs, losses, plot_path, suggestions=suggestions, chosen="valley", log_x=log_x)
     return LRFinderResult(
-        lrs=tuple(lrs),
-        losses=tuple(smoothed),
-        raw_losses=tuple(raw),
+        lrs=tuple(sweep.lrs),
+        losses=tuple(sweep.smoothed),
         suggestions=suggestions,
-        max_lr=max_suggested,
-        min_lr=max_suggested / config.schedule.start_div,
-        diverged_at=diverged_at,
-        plot=result_plot,
+        max_lr=suggestions["valley"],
+        min_lr=suggestions["valley"] / config.schedule.start_div,
+        diverged_at=sweep.diverged_at,
+        plot=plot,
     )
 
 
@@ -234,31 +255,50 @@ def accuracy_range_configs(config: Config, *, lrs: Sequence[float], epochs: int)
     return [config.with_overrides({"optim.lr": float(lr), "train.epochs": epochs}) for lr in distinct]
 
 
+@dataclass(frozen=True)
+class AccuracyRange:
+    """The accuracy range test's runs, checked and ready: their configs by increasing LR, and the data."""
+
+    configs: tuple[Config, ...]
+    splits: Splits
+    epochs: int
+
+    @property
+    def metric(self) -> str:
+        """Whose accuracy is compared: "val" (a validation split is held out) or "test"."""
+        return "val" if self.splits.val is not None else "test"
+
+
+def plan_accuracy_range(
+    config: Config, *, lrs: Sequence[float], epochs: int = lr_range.ACCURACY_EPOCHS, splits: Splits | None = None
+) -> AccuracyRange:
+    """Check everything the runs need (LRs, epochs, the data, once for all runs) before any is trained or
+    recorded: UserError otherwise."""
+    configs = accuracy_range_configs(config, lrs=lrs, epochs=epochs)
+    splits = splits or load_splits(config.data)
+    check_data(configs[0], splits)  # the runs differ only in their LR
+    return AccuracyRange(tuple(configs), splits, epochs)
+
+
 def accuracy_range_test(
-    config: Config,
+    plan: AccuracyRange,
     *,
-    lrs: Sequence[float],
-    epochs: int = 5,
-    splits: Splits | None = None,
     callbacks: Callable[[int, Config], Sequence[Callback]] | None = None,
     on_result: Callable[[int, Config, Result], None] | None = None,
     plot_path: Path | None = None,
 ) -> AccuracyRangeResult:
-    """One ``epochs``-epoch run per max LR in ``lrs`` (as optim.lr: scaled with the batch size if the config says
-    so), each with the config's policy, augmentation and seed; accuracy on the validation split, else the test set.
+    """One ``plan.epochs``-epoch run per max LR (as optim.lr: scaled with the batch size if the config says so),
+    each with the config's policy, augmentation and seed; accuracy on the validation split, else the test set.
 
     ``callbacks(i, config)`` gives run i's callbacks (progress, tracking); ``on_result(i, config, result)`` hears
     how it ended. A run that diverges scores the accuracy it had; the best accuracy suggests the LR.
     """
-    configs = accuracy_range_configs(config, lrs=lrs, epochs=epochs)
-    splits = splits or load_splits(config.data)
-    check_trainable(configs[0], splits)
-    metric = "val" if splits.val is not None else "test"
+    metric = plan.metric
     cache = RunCache()  # one model for all runs, re-initialised from train.seed each time
     points = []
-    for i, cfg in enumerate(configs):
-        result = run(cfg, callbacks=callbacks(i, cfg) if callbacks else (), splits=splits, cache=cache,
-                     write_outputs=False)  # fmt: skip
+    for i, cfg in enumerate(plan.configs):
+        result = run(cfg, callbacks=callbacks(i, cfg) if callbacks else (), splits=plan.splits, cache=cache,
+                     write_outputs=False, checked=True)  # fmt: skip
         if on_result is not None:
             on_result(i, cfg, result)
         last = result.history[-1]
@@ -268,9 +308,10 @@ def accuracy_range_test(
     plot = None
     if plot_path is not None:
         plot = plots.plot_accuracy_range(
-            [p.lr for p in points], [p.accuracy for p in points], plot_path, best=best.lr, metric=metric, epochs=epochs
-        )
-    return AccuracyRangeResult(points=tuple(points), metric=metric, epochs=epochs, suggested_lr=best.lr, plot=plot)
+            [p.lr for p in points], [p.accuracy for p in points], plot_path, best=best.lr, metric=metric,
+            epochs=plan.epochs,
+        )  # fmt: skip
+    return AccuracyRangeResult(points=tuple(points), metric=metric, epochs=plan.epochs, suggested_lr=best.lr, plot=plot)
 
 
 def _accuracy(point: AccuracyPoint) -> float:

@@ -40,11 +40,11 @@ class Residual(nn.Module):
 
 class ResNet9(nn.Module):
     """images: float (N, 3, H, W), normalised, H and W at least 8 (the recipe's 32x32) -> logits (N, num_classes);
-    softmax is in the loss."""
+    softmax is in the loss. Built from the whole model config: every model.* key shapes it here."""
 
-    def __init__(self, *, num_classes: int = 10, width: float = 1.0) -> None:
+    def __init__(self, config: ModelConfig, *, num_classes: int = 10) -> None:
         super().__init__()
-        prep, c1, c2, c3 = (max(1, round(c * width)) for c in BASE_WIDTHS)
+        prep, c1, c2, c3 = (max(1, round(c * config.width)) for c in BASE_WIDTHS)
         self.prep = conv_bn(3, prep)
         self.layer1 = nn.Sequential(conv_bn(prep, c1, pool=True), Residual(c1))
         self.layer2 = conv_bn(c1, c2, pool=True)
@@ -60,7 +60,7 @@ class ResNet9(nn.Module):
 
 
 def build_model(cfg: ModelConfig, *, num_classes: int) -> ResNet9:
-    return ResNet9(num_classes=num_classes, width=cfg.width)
+    return ResNet9(cfg, num_classes=num_classes)
 
 
 def reset_parameters(model: nn.Module, *, seed: int) -> None:

@@ -85,7 +85,7 @@ class RunCache:
     def model(self, config: Config, *, num_classes: int, device: torch.device, image_size: tuple[int, int]) -> Model:
         """The model for ``config``, re-initialised from train.seed; built (and compiled, warmed up) when new."""
         compile_ = self.compiles(config, device) and not config.train.cuda_graph  # the graph runs the eager module
-        key = (config.model.width, num_classes, str(device), compile_)
+        key = (config.model, num_classes, str(device), compile_)  # the whole model config: any model.* key counts
         if key != self._model_key:  # keep one: a space that searches model.width must not pile models on the GPU
             self._model = self._model_key = None
             self._warmed.clear()

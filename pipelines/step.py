@@ -78,7 +78,8 @@ class TorchStep(_Summing):
         )
         self.group = self.optimizer.param_groups[0]
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> torch.Tensor:
+        """One step at step ``step``'s LR; returns its loss (0-d, detached, on the device: reading it syncs)."""
         self.group["lr"] = self.lrs[step]  # a float the optimizer reads: no scheduler in the loop
         if self.momenta is not None:
             self.group["momentum"] = self.momenta[step]
@@ -89,6 +90,7 @@ class TorchStep(_Summing):
         loss.backward()
         self.optimizer.step()
         self._add_sums(loss, logits, labels)  # on the device: no step waits for the GPU
+        return loss.detach()
 
     def set_lrs(self, lrs: Sequence[float]) -> None:
         self.lrs = list(lrs)

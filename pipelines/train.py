@@ -40,9 +40,14 @@ from pipelines.step import autocast, train_step
 log = logging.getLogger(__name__)
 
 
-def check_trainable(config: Config, splits: Splits, *, write_outputs: bool = True) -> None:
-    """Problems that only show once the data is known, or that would only show after training (the augmentation
-    ops, the output folder); raised before anything is trained or recorded."""
+def check_outputs(config: Config) -> None:
+    """train.out_dir can be written: checked before the data is loaded, so a bad folder fails in a second."""
+    check_writable(Path(config.train.out_dir), what="train.out_dir")
+
+
+def check_data(config: Config, splits: Splits) -> None:
+    """Problems that only show once the data is known (batch size, image size, the augmentation ops on these
+    images) and the device; raised before anything is trained or recorded."""
     n_train, batch = len(splits.train), config.train.batch_size
     if batch > n_train:
         raise UserError(
@@ -57,8 +62,6 @@ def check_trainable(config: Config, splits: Splits, *, write_outputs: bool = Tru
             f"set data.image_size to resize them"
         )
     _check_augment(fit_to_size(config.augment.ops, height, width), height, width)
-    if write_outputs:
-        check_writable(Path(config.train.out_dir), what="train.out_dir")
 
 
 def _check_augment(ops: tuple[dict, ...], height: int, width: int) -> None:
@@ -92,119 +95,158 @@ def run(
     splits: Splits | None = None,
     cache: RunCache | None = None,
     write_outputs: bool = True,
+    checked: bool = False,
 ) -> Result:
     """Train ``config``, evaluating as train.eval_every/test_every say; report through ``callbacks``; write outputs.
 
     ``splits``: pre-loaded data (else loaded from config.data); ``cache``: models and device data kept across the
-    runs of one process. A NaN/infinite loss ends the run as "diverged"; a callback's should_stop as "stopped".
+    runs of one process; ``checked``: the caller ran :func:`check_outputs` and :func:`check_data` on this config
+    and data already (a study, a replay, a range test check once for all their runs). A NaN/infinite loss ends
+    the run as "diverged"; a callback's should_stop as "stopped".
     """
     started = time.perf_counter()
-    cb = CallbackList(callbacks)
-    cache = cache or RunCache()
+    if write_outputs and not checked:
+        check_outputs(config)
     device = resolve_device(config.train.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # input shapes are fixed: let cuDNN pick the fastest conv kernels
-    torch.manual_seed(config.train.seed)
     if splits is None:
         splits = load_splits(config.data)  # subsets fixed by data config alone: train.seed varies only training
-    check_trainable(config, splits, write_outputs=write_outputs)
-    steps_per_epoch = len(splits.train) // config.train.batch_size  # the last partial batch is dropped (Myrtle)
-    total_steps = steps_per_epoch * config.train.epochs
+    if not checked:
+        check_data(config, splits)
+    training = _Training(config, splits, device, cache or RunCache(), CallbackList(callbacks))
+    training.run_epochs()
+    result = training.result(out_dir=Path(config.train.out_dir) if write_outputs else None)
+    artifacts = training.write(result) if write_outputs else {}
+    return dataclasses.replace(result, artifacts=artifacts, total_seconds=time.perf_counter() - started)
 
-    size = tuple(splits.train.images.shape[1:3])
-    built = cache.model(config, num_classes=len(splits.classes), device=device, image_size=size)
-    model, runner = built.module, built.runner
-    curve = schedule_curve(config, steps_per_epoch=steps_per_epoch)  # every step's LR, known ahead (torch's schedulers)
-    plateau = Plateau(config) if curve.adaptive else None
-    scale = 1.0  # plateau's cuts so far, a factor on the planned LR
-    lrs = list(curve.lrs)  # the LRs used: the plan, times plateau's cuts from where they were made
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
-    feeder = Feeder(config, splits, device, cache)
-    step_fn = train_step(config, model, runner, criterion, curve, feeder.normalize, device)
-    cb.on_start(total_steps=total_steps, steps_per_epoch=steps_per_epoch, lrs=() if curve.adaptive else curve.lrs)
 
-    history: list[EpochMetrics] = []
-    status, reason = "complete", None
-    train_seconds = eval_seconds = 0.0
-    step = 0
-    test_predictions: torch.Tensor | None = None
-    evaluate = functools.partial(_evaluate, runner, model, normalize=feeder.normalize,
-                                 batch=config.train.eval_batch_size, pad=built.compiled)  # fmt: skip
-    for epoch in range(1, config.train.epochs + 1):
-        model.train()
-        t0 = _now(device)
-        captured = step_fn.capture_seconds
-        seen = 0
-        for x, y in feeder.raw_epoch():
-            step_fn(x, y, step)
-            seen += y.shape[0]
-            cb.on_step(step, lrs[step])
-            step += 1
-        loss_total, correct_total = step_fn.take_sums()  # the epoch's one host sync
-        train_loss = loss_total / max(seen, 1)
-        epoch_seconds = _now(device) - t0 - (step_fn.capture_seconds - captured)  # the capture is compile time
-        train_seconds += epoch_seconds
+class _Training:
+    """One run's model, step, data and schedule, and what it has done so far (:func:`run`'s state)."""
 
-        t1 = _now(device)
+    def __init__(self, config: Config, splits: Splits, device: torch.device, cache: RunCache, cb: CallbackList) -> None:
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # input shapes are fixed: let cuDNN pick the fastest conv kernels
+        torch.manual_seed(config.train.seed)
+        self.config, self.splits, self.device, self.cb = config, splits, device, cb
+        self.steps_per_epoch = len(splits.train) // config.train.batch_size  # the last partial batch is dropped
+        size = tuple(splits.train.images.shape[1:3])
+        self.built = cache.model(config, num_classes=len(splits.classes), device=device, image_size=size)
+        self.curve = schedule_curve(config, steps_per_epoch=self.steps_per_epoch)  # every step's LR, ahead of time
+        self.plateau = Plateau(config) if self.curve.adaptive else None
+        self.scale = 1.0  # plateau's cuts so far, a factor on the planned LR
+        self.lrs = list(self.curve.lrs)  # the LRs used: the plan, times plateau's cuts from where they were made
+        criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+        self.feeder = Feeder(config, splits, device, cache)
+        self.step_fn = train_step(
+            config, self.built.module, self.built.runner, criterion, self.curve, self.feeder.normalize, device
+        )
+        self.evaluate = functools.partial(
+            _evaluate, self.built.runner, self.built.module, normalize=self.feeder.normalize,
+            batch=config.train.eval_batch_size, pad=self.built.compiled,
+        )  # fmt: skip
+        self.history: list[EpochMetrics] = []
+        self.status, self.reason = "complete", None
+        self.train_seconds = self.eval_seconds = 0.0
+        self.step = 0
+        self.test_predictions: torch.Tensor | None = None
+        total = self.steps_per_epoch * config.train.epochs
+        lrs = () if self.curve.adaptive else self.curve.lrs
+        cb.on_start(total_steps=total, steps_per_epoch=self.steps_per_epoch, lrs=lrs)
+
+    def run_epochs(self) -> None:
+        """Train, evaluate when due and report each epoch until the last, a divergence or a callback's stop."""
+        for epoch in range(1, self.config.train.epochs + 1):
+            metrics, watched = self._epoch(epoch)
+            self.history.append(metrics)
+            self.cb.on_epoch(metrics)
+            if not math.isfinite(metrics.train_loss):
+                self.status = "diverged"
+                self.reason = f"training loss became {metrics.train_loss} in epoch {epoch}"
+                log.warning("run diverged: %s", self.reason)
+                return
+            stop = self.cb.should_stop(metrics)
+            if stop:
+                self.status, self.reason = "stopped", stop
+                return
+            if watched is not None:
+                self._plateau_cut(watched.loss)
+
+    def _epoch(self, epoch: int) -> tuple[EpochMetrics, _Eval | None]:
+        """One epoch of training and its due evaluations; (its metrics, the evaluation plateau watches)."""
+        train_loss, train_accuracy, epoch_seconds = self._train_epoch()
+        t1 = _now(self.device)
+        has_val = self.feeder.val is not None
         # a diverged epoch ends the run: it is evaluated as every last epoch is
-        val_due, test_due = _due(config, epoch, has_val=feeder.val is not None, ends=not math.isfinite(train_loss))
-        test = evaluate(feeder.test, keep_predictions=True) if test_due else None
+        val_due, test_due = _due(self.config, epoch, has_val=has_val, ends=not math.isfinite(train_loss))
+        test = self.evaluate(self.feeder.test, keep_predictions=True) if test_due else None
         if test is not None:
-            test_predictions = test.predictions
-        val = evaluate(feeder.val) if val_due and feeder.val is not None else None
-        epoch_eval = _now(device) - t1
-        eval_seconds += epoch_eval
+            self.test_predictions = test.predictions
+        val = self.evaluate(self.feeder.val) if val_due and has_val else None
+        epoch_eval = _now(self.device) - t1
+        self.eval_seconds += epoch_eval
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,
-            train_accuracy=correct_total / max(seen, 1),
+            train_accuracy=train_accuracy,
             test_loss=test.loss if test else None,
             test_accuracy=test.accuracy if test else None,
             val_loss=val.loss if val else None,
             val_accuracy=val.accuracy if val else None,
-            lr=lrs[step - 1],
-            seconds=epoch_seconds,
+            lr=self.lrs[self.step - 1],
+            epoch_seconds=epoch_seconds,
             eval_seconds=epoch_eval,
         )
-        history.append(metrics)
-        cb.on_epoch(metrics)
-        if not math.isfinite(train_loss):
-            status, reason = "diverged", f"training loss became {train_loss} in epoch {epoch}"
-            log.warning("run diverged: %s", reason)
-            break
-        stop = cb.should_stop(metrics)
-        if stop:
-            status, reason = "stopped", stop
-            break
-        watched = val if feeder.val is not None else test  # one split throughout: the validation one if held out
-        if plateau is not None and watched is not None and step >= curve.warmup_steps:  # cuts start after warm-up
-            new_scale = plateau.step(watched.loss)
-            if new_scale != scale:
-                scale = new_scale
-                lrs[step:] = [lr * scale for lr in curve.lrs[step:]]
-                step_fn.set_lrs(lrs)
+        return metrics, val if has_val else test  # one split throughout: the validation one if held out
 
-    result = Result(
-        status=status,
-        reason=reason,
-        history=tuple(history),
-        lrs=tuple(lrs),
-        steps_per_epoch=steps_per_epoch,
-        seconds=train_seconds,
-        eval_seconds=eval_seconds,
-        compile_seconds=built.compile_seconds + step_fn.capture_seconds,
-        total_seconds=0.0,
-        params=count_parameters(model),
-        device=_device_name(device),
-        classes=splits.classes,
-        out_dir=Path(config.train.out_dir) if write_outputs else None,
-    )
-    artifacts: dict[str, Path] = {}
-    if write_outputs:
-        if test_predictions is None:  # a run stopped before its test set was due: predict now for the plots
-            test_predictions = evaluate(feeder.test, keep_predictions=True).predictions
-        artifacts = outputs.write(config, result, model, feeder.test, test_predictions, curve.momenta, cb)
-    return dataclasses.replace(result, artifacts=artifacts, total_seconds=time.perf_counter() - started)
+    def _train_epoch(self) -> tuple[float, float, float]:
+        """(mean training loss, training accuracy, seconds) of one pass over the training set."""
+        self.built.module.train()
+        t0 = _now(self.device)
+        captured = self.step_fn.capture_seconds
+        seen = 0
+        for x, y in self.feeder.raw_epoch():
+            self.step_fn(x, y, self.step)
+            seen += y.shape[0]
+            self.cb.on_step(self.step, self.lrs[self.step])
+            self.step += 1
+        loss_total, correct_total = self.step_fn.take_sums()  # the epoch's one host sync
+        seconds = _now(self.device) - t0 - (self.step_fn.capture_seconds - captured)  # the capture is compile time
+        self.train_seconds += seconds
+        return loss_total / max(seen, 1), correct_total / max(seen, 1), seconds
+
+    def _plateau_cut(self, loss: float) -> None:
+        """schedule.policy plateau: tell it the watched loss; a cut rescales the rest of the planned LRs."""
+        if self.plateau is None or self.step < self.curve.warmup_steps:  # cuts start after the warm-up
+            return
+        new_scale = self.plateau.step(loss)
+        if new_scale != self.scale:
+            self.scale = new_scale
+            self.lrs[self.step :] = [lr * new_scale for lr in self.curve.lrs[self.step :]]
+            self.step_fn.set_lrs(self.lrs)
+
+    def result(self, *, out_dir: Path | None) -> Result:
+        return Result(
+            status=self.status,
+            reason=self.reason,
+            history=tuple(self.history),
+            lrs=tuple(self.lrs),
+            steps_per_epoch=self.steps_per_epoch,
+            seconds=self.train_seconds,
+            eval_seconds=self.eval_seconds,
+            compile_seconds=self.built.compile_seconds + self.step_fn.capture_seconds,
+            total_seconds=0.0,
+            params=count_parameters(self.built.module),
+            device=_device_name(self.device),
+            classes=self.splits.classes,
+            out_dir=out_dir,
+        )
+
+    def write(self, result: Result) -> dict[str, Path]:
+        """The run's files in train.out_dir (:mod:`pipelines.outputs`); name -> path."""
+        predictions = self.test_predictions
+        if predictions is None:  # a run stopped before its test set was due: predict now for the plots
+            predictions = self.evaluate(self.feeder.test, keep_predictions=True).predictions
+        module, test, momenta = self.built.module, self.feeder.test, self.curve.momenta
+        return outputs.write(self.config, result, module, test, predictions, momenta, self.cb)
 
 
 def _due(config: Config, epoch: int, *, has_val: bool, ends: bool = False) -> tuple[bool, bool]:

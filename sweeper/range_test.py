@@ -13,35 +13,30 @@ from pathlib import Path
 
 from pipelines.callbacks import Callback
 from pipelines.config import Config
-from pipelines.data import Splits
-from pipelines.lr_finder import AccuracyRangeResult, accuracy_range_test
+from pipelines.lr_finder import AccuracyRange, AccuracyRangeResult, accuracy_range_test
 from pipelines.result import Result
-from sweeper import outcome
+from sweeper import outcome, records
 from sweeper.outcome import Outcome
 from sweeper.space import optim_params
 from sweeper.tracking import Tracker, TrialRun
 
 EXPERIMENT = "lr-find"  # the MLflow experiment of range tests run outside a study
-ROLE = "lr_range"  # sweeper.role of the parent run; its children are "lr_point"
 
 
 def tracked_accuracy_range_test(
-    config: Config,
+    plan: AccuracyRange,
     *,
-    lrs: Sequence[float],
-    epochs: int,
     tracker: Tracker,
-    splits: Splits | None = None,
     plot_path: Path | None = None,
     progress: Callable[[int, Config], Sequence[Callback]] | None = None,
 ) -> tuple[AccuracyRangeResult, str]:
-    """Run the accuracy range test with each run logged as a child of a new parent run; (result, parent run id).
-    Check its inputs first (``pipelines.lr_finder.accuracy_range_configs``): this records from the start."""
+    """Run the accuracy range test (checked by ``pipelines.lr_finder.plan_accuracy_range``) with each run logged
+    as a child of a new parent run; (result, parent run id)."""
     started = time.perf_counter()
     name = f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
-    parent = tracker.new_parent_run(
-        name, role=ROLE, params={"metric": "accuracy", "epochs": epochs, "lrs": ",".join(f"{lr:g}" for lr in lrs)}
-    )
+    lrs = ",".join(f"{cfg.optim.lr:g}" for cfg in plan.configs)
+    parent = tracker.new_parent_run(name, role=records.ROLE_RANGE,
+                                    params={"metric": "accuracy", "epochs": plan.epochs, "lrs": lrs})  # fmt: skip
     runs: dict[int, TrialRun] = {}
 
     def callbacks(i: int, cfg: Config) -> list[Callback]:
@@ -50,7 +45,7 @@ def tracked_accuracy_range_test(
             study=name,
             number=i,
             params=optim_params(cfg),
-            role="lr_point",
+            role=records.ROLE_RANGE_POINT,
             run_name=f"{name}-lr-{cfg.optim.lr:g}",
         )
         return [runs[i], *(progress(i, cfg) if progress else ())]
@@ -59,9 +54,7 @@ def tracked_accuracy_range_test(
         runs[i].finish(outcome.of_result(result), reason=result.reason, trial_seconds=result.total_seconds)
 
     try:
-        result = accuracy_range_test(
-            config, lrs=lrs, epochs=epochs, splits=splits, callbacks=callbacks, on_result=on_result, plot_path=plot_path
-        )
+        result = accuracy_range_test(plan, callbacks=callbacks, on_result=on_result, plot_path=plot_path)
     except BaseException as err:
         ended = Outcome.INTERRUPTED if isinstance(err, KeyboardInterrupt) else Outcome.FAILED
         for run in runs.values():
@@ -70,7 +63,8 @@ def tracked_accuracy_range_test(
         raise
     for i, point in enumerate(result.points):
         tracker.log_study_point(parent, number=i, value=point.accuracy, best=None)
-    tracker.set_tags(parent, {"sweeper.suggested_lr": f"{result.suggested_lr:.6g}", "sweeper.metric": result.metric})
+    tags = {records.SUGGESTED_LR_TAG: f"{result.suggested_lr:.6g}", records.METRIC_TAG: result.metric}
+    tracker.set_tags(parent, tags)
     if result.plot is not None:
         tracker.log_artifact(parent, result.plot)
     tracker.end_run(parent, Outcome.COMPLETE, seconds=time.perf_counter() - started)

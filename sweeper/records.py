@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config import Config
 from sweeper.objective import Objective
-from sweeper.outcome import Outcome, of_trial, state_label
+from sweeper.outcome import Outcome
+from sweeper.space import Space, space_from_yaml
 
 if TYPE_CHECKING:
     import optuna
@@ -80,6 +81,25 @@ MAX_TAG_LENGTH = 500  # a reason longer than this is cut in its tag
 # -- reading a trial back -------------------------------------------------------------------------------------
 
 
+def of_trial(trial: FrozenTrial) -> Outcome | None:
+    """How a finished trial ended; None while it runs or waits."""
+    reason = trial.user_attrs.get(REASON)
+    state = trial.state.name  # Optuna's TrialState, by name: this module does not import Optuna
+    if state == "COMPLETE":
+        return Outcome.COMPLETE
+    if state == "PRUNED":
+        return Outcome.DIVERGED if reason == Outcome.DIVERGED.value else Outcome.PRUNED
+    if state == "FAIL":
+        return Outcome.INTERRUPTED if reason == Outcome.INTERRUPTED.value else Outcome.FAILED
+    return None
+
+
+def state_label(trial: FrozenTrial) -> str:
+    """What tables and JSON show: the outcome of a finished trial, else Optuna's state (running, waiting)."""
+    outcome = of_trial(trial)
+    return outcome.value if outcome is not None else trial.state.name.lower()
+
+
 def recorded_config(trial: FrozenTrial) -> Config | None:
     """The config ``trial`` trained, as it recorded it; None for a trial that recorded none (it failed before)."""
     text = trial.user_attrs.get(CONFIG)
@@ -92,6 +112,22 @@ def study_config(attrs: Mapping[str, Any], *, name: str) -> Config | None:
     return Config.from_yaml(text, source=f"study {name}") if text else None
 
 
+def study_space(attrs: Mapping[str, Any], *, name: str) -> Space | None:
+    """The search space study ``name`` recorded, or None (a study made without sweeper)."""
+    text = attrs.get(SPACE)
+    return space_from_yaml(text, source=f"study {name}") if text else None
+
+
+def study_objective(attrs: Mapping[str, Any]) -> Objective:
+    """The objective a study recorded (val for a study made without sweeper)."""
+    return Objective(str(attrs.get(OBJECTIVE, Objective.val.value)))
+
+
+def front_numbers(study: optuna.Study) -> set[int]:
+    """The numbers of a multi-objective study's Pareto front (Optuna's best_trials); empty for one objective."""
+    return {t.number for t in study.best_trials} if len(study.directions) > 1 else set()
+
+
 def run_id(trial: FrozenTrial, study_attrs: Mapping[str, Any]) -> str | None:
     """The trial's MLflow run id: the one it recorded, or the real one `study sync` gave it (a finished trial's
     attributes cannot change, so the study keeps that mapping)."""
@@ -99,13 +135,14 @@ def run_id(trial: FrozenTrial, study_attrs: Mapping[str, Any]) -> str | None:
     return study_attrs.get(SYNCED_RUN_IDS, {}).get(recorded, recorded)
 
 
-def trial_seconds(trial: FrozenTrial, *, now: datetime.datetime | None = None) -> float | None:
+def trial_seconds(trial: FrozenTrial | optuna.Trial, *, now: datetime.datetime | None = None) -> float | None:
     """A trial's seconds: from its start to its end as the storage recorded them (so every worker and every view
-    agrees); for a running trial, up to ``now`` (default: this moment); None for a trial that never started."""
-    if trial.datetime_start is None:
+    agrees); for a trial still running, up to ``now`` (default: this moment); None for one that never started."""
+    start = trial.datetime_start
+    if start is None:
         return None
-    end = trial.datetime_complete or (None if trial.state.is_finished() else now or datetime.datetime.now())
-    return (end - trial.datetime_start).total_seconds() if end is not None else None
+    end = getattr(trial, "datetime_complete", None) or now or datetime.datetime.now()
+    return (end - start).total_seconds()
 
 
 def epoch_values(trial: FrozenTrial) -> dict[int, float]:
@@ -203,3 +240,13 @@ def trial_row(
     if objective.multi:
         row.update(values=trial.values, cost=cost(trial, objective), pareto=trial.number in front)
     return row
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every trial of ``study`` as :func:`trial_row` shows it, read from the storage."""
+    attrs, now = study.user_attrs, datetime.datetime.now()
+    objective, front = study_objective(attrs), front_numbers(study)
+    return [
+        trial_row(t, objective=objective, study_attrs=attrs, front=front, now=now)
+        for t in study.get_trials(deepcopy=False)
+    ]

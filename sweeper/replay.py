@@ -14,13 +14,13 @@ from pipelines.data import Splits, load_splits
 from pipelines.errors import one_line
 from pipelines.result import Result
 from pipelines.reuse import RunCache
-from pipelines.train import check_trainable, run
-from sweeper import outcome
+from pipelines.train import check_data, check_outputs, run
+from sweeper import outcome, records
 from sweeper.interrupts import InterruptCheck
 from sweeper.outcome import Outcome
 from sweeper.overrides import resolve_config
+from sweeper.queries import best_trial, load_study
 from sweeper.space import optim_params
-from sweeper.study import best_trial, load_study
 from sweeper.tracking import Tracker
 
 
@@ -67,7 +67,16 @@ class ReplayResult:
         }
 
 
-def replay_source(
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What a replay trains, checked: the config (before each seed's overrides), where it came from, the data."""
+
+    config: Config
+    source: ReplaySource
+    splits: Splits
+
+
+def plan_replay(
     *,
     study: str | None = None,
     trial: int | None = None,
@@ -75,31 +84,44 @@ def replay_source(
     storage: str | None = None,
     tokens: Iterable[str] = (),
     extra: Mapping[str, Any] | None = None,
-) -> tuple[Config, ReplaySource]:
+    runs_dir: Path = Path("runs"),
+) -> ReplayPlan:
     """The config to replay and where it came from: trial ``trial`` (default: the best) of ``study``, or a YAML
-    file; ``extra`` and then the ``key=value`` ``tokens`` override it."""
+    file; ``extra`` and then the ``key=value`` ``tokens`` override it. The data is loaded and the config checked
+    against it (once, for all seeds) before anything is recorded."""
+    config, source = _source(study=study, trial=trial, config_file=config_file, storage=storage, tokens=tokens,
+                             extra=extra)  # fmt: skip
+    first = replay_config(config, seed=config.train.seed, out_dir=runs_dir)
+    check_outputs(first)
+    splits = load_splits(first.data)
+    check_data(first, splits)
+    return ReplayPlan(config, source, splits)
+
+
+def _source(
+    *,
+    study: str | None,
+    trial: int | None,
+    config_file: Path | None,
+    storage: str | None,
+    tokens: Iterable[str],
+    extra: Mapping[str, Any] | None,
+) -> tuple[Config, ReplaySource]:
     if study is not None:
         st = load_study(storage, study)
         chosen = best_trial(st, trial)
-        base = Config.from_yaml(chosen.user_attrs["config"], source=f"trial {chosen.number} of {study}")
+        base = records.recorded_config(chosen)
+        assert base is not None  # best_trial refuses a trial without one
         source = ReplaySource(
             label=f"{study}-trial-{chosen.number}",
             study=study,
             trial_number=chosen.number,
-            trial_run_id=outcome.run_id(chosen, st.user_attrs),
-            parent_run_id=st.user_attrs.get("mlflow_parent_run_id"),
+            trial_run_id=records.run_id(chosen, st.user_attrs),
+            parent_run_id=st.user_attrs.get(records.PARENT_RUN_ID),
         )
         return resolve_config(None, tokens, extra=extra, base=base), source
-    assert config_file is not None, "replay_source needs a study or a config file"
+    assert config_file is not None, "a replay needs a study or a config file"
     return resolve_config(config_file, tokens, extra=extra), ReplaySource(label=config_file.stem)
-
-
-def check_replay(config: Config, *, runs_dir: Path) -> Splits:
-    """Load the data and check that ``config`` can be replayed (before any run is recorded); the data."""
-    first = replay_config(config, seed=config.train.seed, out_dir=runs_dir)
-    splits = load_splits(first.data)
-    check_trainable(first, splits)
-    return splits
 
 
 def replay_config(config: Config, *, seed: int, out_dir: Path) -> Config:
@@ -108,46 +130,35 @@ def replay_config(config: Config, *, seed: int, out_dir: Path) -> Config:
 
 
 def replay(
-    config: Config,
+    plan: ReplayPlan,
     *,
-    source: ReplaySource,
     seeds: int,
     tracker: Tracker,
     runs_dir: Path = Path("runs"),
     progress: Callable[[int], Sequence[Callback]] | None = None,
-    splits: Splits | None = None,
 ) -> ReplayResult:
-    """Train ``config`` once per seed (train.seed, +1, ...), each an MLflow run tagged sweeper.role=replay."""
+    """Train the plan's config once per seed (train.seed, +1, ...), each an MLflow run tagged sweeper.role=replay."""
     cache = RunCache(compile_on_cuda=True)  # the seeds share one compile
-    first = replay_config(config, seed=config.train.seed, out_dir=runs_dir)
-    splits = splits or load_splits(first.data)  # once for all seeds, and checked before any run is created
-    check_trainable(first, splits)
+    source = plan.source
     accuracies: list[float] = []
     results: list[Result] = []
     run_ids: list[str] = []
-    base_seed = config.train.seed
     for k in range(seeds):
-        seed = base_seed + k
-        cfg = replay_config(config, seed=seed, out_dir=runs_dir / "replay" / source.label / f"seed-{seed}")
-        tags = {"sweeper.replay_seed": str(seed), "sweeper.replay_of": source.label}
-        if source.trial_number is not None:
-            tags["sweeper.source_trial"] = str(source.trial_number)
-        if source.trial_run_id:
-            tags["sweeper.source_run_id"] = source.trial_run_id
-        params = {**optim_params(cfg), "seed": seed}
+        seed = plan.config.train.seed + k
+        cfg = replay_config(plan.config, seed=seed, out_dir=runs_dir / "replay" / source.label / f"seed-{seed}")
         tracked = tracker.trial_run(
             source.parent_run_id or "",
             study=source.experiment,
             number=source.trial_number if source.trial_number is not None else -1,
-            params=params,
-            tags=tags,
-            role="replay",
+            params={**optim_params(cfg), "seed": seed},
+            tags=_tags(source, seed),
+            role=records.ROLE_REPLAY,
             run_name=f"replay-{source.label}-seed-{seed}",
         )
         tracked.keep_weights = True
         callbacks = [tracked, InterruptCheck(), *(progress(k) if progress else ())]
         try:
-            result = run(cfg, callbacks=callbacks, cache=cache, splits=splits)
+            result = run(cfg, callbacks=callbacks, cache=cache, splits=plan.splits, checked=True)
         except KeyboardInterrupt:
             tracked.finish(Outcome.INTERRUPTED, reason=Outcome.INTERRUPTED.value)
             raise
@@ -161,10 +172,17 @@ def replay(
         if result.test_accuracy is not None:
             accuracies.append(result.test_accuracy)
     out = ReplayResult(tuple(accuracies), tuple(results), tuple(run_ids))
-    summary = {"replay.test_accuracy_mean": f"{out.mean:.6f}", "replay.test_accuracy_std": f"{out.std:.6f}"}
-    for run_id in run_ids:
+    summary = {records.REPLAY_MEAN_TAG: f"{out.mean:.6f}", records.REPLAY_STD_TAG: f"{out.std:.6f}"}
+    for run_id in (*run_ids, *([source.parent_run_id] if source.parent_run_id else [])):
         tracker.set_tags(run_id, summary)
-    if source.parent_run_id:
-        tracker.set_tags(source.parent_run_id, summary)
     tracker.flush()
     return out
+
+
+def _tags(source: ReplaySource, seed: int) -> dict[str, str]:
+    tags = {records.REPLAY_SEED_TAG: str(seed), records.REPLAY_OF_TAG: source.label}
+    if source.trial_number is not None:
+        tags[records.SOURCE_TRIAL_TAG] = str(source.trial_number)
+    if source.trial_run_id:
+        tags[records.SOURCE_RUN_TAG] = source.trial_run_id
+    return tags

@@ -296,47 +296,12 @@ def space_from_yaml(text: str, *, source: str) -> Space:
 
 
 def parse_space(raw: Any, *, source: str) -> Space:
+    """A space from its parsed YAML: each parameter checked (naming it), then the conditions, in dependency order."""
     if not isinstance(raw, Mapping) or not isinstance(raw.get("params"), Mapping):
         raise UserError(f"space {source} must be a mapping with a 'params' mapping of name -> spec")
     known = set(config_keys())
-    params = []
-    for name, spec in raw["params"].items():
-        where = f"space {source}: {name}"
-        key = ALIASES.get(name, name)
-        if name != EFFECTIVE_DECAY and key not in known:
-            raise UserError(
-                f"{where}: unknown config key (use lr, momentum, weight_decay, effective_decay or a dotted key)"
-            )
-        if not isinstance(spec, Mapping):
-            raise UserError(f"{where}: spec must be a mapping like {{type: float, low: 0.1, high: 1.0}}")
-        unknown = set(spec) - {"type", "low", "high", "log", "step", "choices", "when"}
-        if unknown:
-            raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}")
-        kind = spec.get("type", "categorical" if "choices" in spec else "float")
-        if kind not in TYPES:
-            raise UserError(f"{where}: type must be one of {', '.join(TYPES)}, got {kind!r}")
-        if kind == "categorical":
-            choices = spec.get("choices")
-            if not isinstance(choices, list) or not choices:
-                raise UserError(f"{where}: categorical needs a non-empty 'choices' list")
-            params.append(Param(name, kind, choices=tuple(_frozen(c) for c in choices)))
-            continue
-        low, high = spec.get("low"), spec.get("high")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-            raise UserError(f"{where}: {kind} needs numeric 'low' and 'high', got {low!r} and {high!r}")
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise UserError(f"{where}: low and high must be finite")
-        if low > high:
-            raise UserError(f"{where}: low ({low}) must be <= high ({high})")
-        log = bool(spec.get("log", False))
-        if log and low <= 0:
-            raise UserError(f"{where}: a log range must be > 0, got low={low}")
-        step = spec.get("step")
-        if step is not None and (log or step <= 0):
-            raise UserError(f"{where}: step must be > 0 and cannot be combined with log")
-        if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
-            raise UserError(f"{where}: int range needs integer low and high")
-        params.append(Param(name, kind, float(low), float(high), log, step))
+    params = [_parse_param(name, spec, where=f"space {source}: {name}", known=known)
+              for name, spec in raw["params"].items()]  # fmt: skip
     if not params:
         raise UserError(f"space {source} is empty: give at least one parameter under 'params'")
     keys = [p.key for p in params if p.key]
@@ -344,31 +309,80 @@ def parse_space(raw: Any, *, source: str) -> Space:
         raise UserError(f"space {source}: a config key is searched twice")
     if EFFECTIVE_DECAY in [p.name for p in params] and "optim.lr" in keys:
         raise UserError(f"space {source}: search effective_decay or lr, not both (lr is derived from effective_decay)")
-    conditions = {
-        p.name: _parse_when(raw["params"][p.name].get("when"), params, f"space {source}: {p.name}") for p in params
-    }
-    params = [dataclasses.replace(p, when=conditions[p.name]) for p in params]
+    params = [
+        dataclasses.replace(p, when=_parse_when(raw["params"][p.name].get("when"), params, name=p.name, source=source))
+        for p in params
+    ]
     return Space(_in_dependency_order(params, source), source)
 
 
-def _parse_when(raw: Any, params: Sequence[Param], where: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
-    """``when: {name: value or [values], ...}`` -> conditions on other categorical parameters of the space."""
+FIELDS = {"type", "low", "high", "log", "step", "choices", "when"}  # what a parameter's spec may say
+
+
+def _parse_param(name: str, spec: Any, *, where: str, known: set[str]) -> Param:
+    """One parameter, its ``when`` left for later (it names other parameters). ``where`` names it in errors."""
+    if name != EFFECTIVE_DECAY and ALIASES.get(name, name) not in known:
+        raise UserError(
+            f"{where}: unknown config key (use lr, momentum, weight_decay, effective_decay or a dotted key)"
+        )
+    if not isinstance(spec, Mapping):
+        raise UserError(f"{where}: spec must be a mapping like {{type: float, low: 0.1, high: 1.0}}")
+    unknown = set(spec) - FIELDS
+    if unknown:
+        raise UserError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+    kind = spec.get("type", "categorical" if "choices" in spec else "float")
+    if kind not in TYPES:
+        raise UserError(f"{where}: type must be one of {', '.join(TYPES)}, got {kind!r}")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise UserError(f"{where}: categorical needs a non-empty 'choices' list")
+        return Param(name, kind, choices=tuple(_frozen(c) for c in choices))
+    return _parse_range(name, kind, spec, where=where)
+
+
+def _parse_range(name: str, kind: str, spec: Mapping[str, Any], *, where: str) -> Param:
+    """A float or int parameter: low <= high, finite; a log range > 0; a step > 0 and not with log."""
+    low, high = spec.get("low"), spec.get("high")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise UserError(f"{where}: {kind} needs numeric 'low' and 'high', got {low!r} and {high!r}")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise UserError(f"{where}: low and high must be finite")
+    if low > high:
+        raise UserError(f"{where}: low ({low}) must be <= high ({high})")
+    log = bool(spec.get("log", False))
+    if log and low <= 0:
+        raise UserError(f"{where}: a log range must be > 0, got low={low}")
+    step = spec.get("step")
+    if step is not None and (log or step <= 0):
+        raise UserError(f"{where}: step must be > 0 and cannot be combined with log")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise UserError(f"{where}: int range needs integer low and high")
+    return Param(name, kind, float(low), float(high), log, step)
+
+
+def _parse_when(
+    raw: Any, params: Sequence[Param], *, name: str, source: str
+) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    """Parameter ``name``'s ``when: {other: value or [values], ...}`` -> conditions on other categorical
+    parameters of the space."""
     if raw is None:
         return ()
+    where = f"space {source}: {name}"
     if not isinstance(raw, Mapping) or not raw:
         raise UserError(f"{where}: when must map categorical parameters to values, e.g. {{schedule.policy: step}}")
     by_name = {p.name: p for p in params} | {p.key: p for p in params if p.key}  # momentum or optim.momentum
     conditions = []
-    for name, values in raw.items():
-        param = by_name.get(name)
-        if param is None or param.type != "categorical" or name == where.rpartition(": ")[2]:
-            raise UserError(f"{where}: when names {name!r}, which is not another categorical parameter of the space")
+    for other, values in raw.items():
+        param = by_name.get(other)
+        if param is None or param.type != "categorical" or param.name == name:
+            raise UserError(f"{where}: when names {other!r}, which is not another categorical parameter of the space")
         allowed = tuple(_frozen(v) for v in (values if isinstance(values, list) else [values]))
         if not allowed:
-            raise UserError(f"{where}: when {name} names no value, so it would never be searched")
+            raise UserError(f"{where}: when {other} names no value, so it would never be searched")
         missing = [v for v in allowed if v not in param.choices]
         if missing:
-            raise UserError(f"{where}: when {name} = {missing[0]!r}, which is not one of its choices")
+            raise UserError(f"{where}: when {other} = {missing[0]!r}, which is not one of its choices")
         conditions.append((param.name, allowed))
     return tuple(conditions)
 

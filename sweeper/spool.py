@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from pipelines.errors import UserError
+from sweeper.records import PARENT_TAG
 from sweeper.retry import RETRY_DELAYS, retrying
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def apply_op(client: MlflowClient, op: Mapping[str, Any], run_ids: Mapping[str, 
     run_id = ids.get(op["run_id"], op["run_id"])
     kind = op["op"]
     if kind == "create":
-        tags = {k: ids.get(v, v) if k == "mlflow.parentRunId" else v for k, v in op["tags"].items()}
+        tags = {k: ids.get(v, v) if k == PARENT_TAG else v for k, v in op["tags"].items()}
         return client.create_run(op["experiment_id"], tags=tags, run_name=op.get("run_name")).info.run_id
     if run_id.startswith(PENDING):
         raise RuntimeError(f"run {run_id} was never created")
@@ -186,5 +187,5 @@ def sync_spool(client: MlflowClient, spool_dir: Path) -> dict[str, Any]:
 def _mapped_create(op: Mapping[str, Any], run_ids: Mapping[str, str]) -> dict[str, Any]:
     if op["op"] != "create":
         return {}
-    parent = op["tags"].get("mlflow.parentRunId")
-    return {"tags": {**op["tags"], "mlflow.parentRunId": run_ids.get(parent, parent)}} if parent else {}
+    parent = op["tags"].get(PARENT_TAG)
+    return {"tags": {**op["tags"], PARENT_TAG: run_ids.get(parent, parent)}} if parent else {}

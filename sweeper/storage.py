@@ -24,9 +24,9 @@ from optuna.storages._heartbeat import BaseHeartbeat  # the interface Optuna che
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from pipelines.errors import UserError, one_line
+from pipelines.errors import UserError, chain, one_line
 from pipelines.paths import check_writable
-from sweeper import interrupts, outcome
+from sweeper import interrupts, records
 from sweeper.outcome import Outcome
 from sweeper.overrides import positive_int
 from sweeper.retry import MAX_DELAY, retrying
@@ -139,14 +139,12 @@ def is_connection_error(err: BaseException) -> bool:
     a Ctrl-C (whatever it interrupted), nor once a stop was requested."""
     if not isinstance(err, Exception) or interrupts.requested():
         return False
-    seen: BaseException | None = err
-    while seen is not None:
+    for seen in chain(err):
         if isinstance(seen, sqlalchemy.exc.DBAPIError):
             if seen.connection_invalidated:
                 return True
             if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
                 return not any(marker in str(seen).lower() for marker in PERMANENT_MARKERS)
-        seen = seen.__cause__ or seen.__context__
     return False
 
 
@@ -155,14 +153,11 @@ def is_disconnect(err: BaseException) -> bool:
     a connection that cannot be made at all is not one (opening the storage then fails at once, naming it)."""
     if not isinstance(err, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError)):
         return False
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, sqlalchemy.exc.DBAPIError):
-            text = str(seen).lower()
-            if seen.connection_invalidated or any(marker in text for marker in DISCONNECT_MARKERS):
-                return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(
+        isinstance(seen, sqlalchemy.exc.DBAPIError)
+        and (seen.connection_invalidated or any(marker in str(seen).lower() for marker in DISCONNECT_MARKERS))
+        for seen in chain(err)
+    )
 
 
 def outage_seconds() -> int:
@@ -199,7 +194,7 @@ class StaleTrialHandler:
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY, inherit_intermediate_values=False)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        run_id = outcome.run_id(trial, study.user_attrs)
+        run_id = records.run_id(trial, study.user_attrs)
         if run_id:
             # No time is logged: the worker's last moment is unknown here (it went silent up to a grace period
             # ago, or days ago on SQLite), and MLflow keeps the run's start and end. Straight to a log queue,

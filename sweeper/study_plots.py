@@ -29,7 +29,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pipelines.config import Config
+from sweeper import records
 from sweeper.objective import Objective
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,10 @@ def _accuracy_vs_params(trials: list[FrozenTrial], objective: Objective) -> plt.
 
 def _optim(trial: FrozenTrial) -> tuple[float, float, float] | None:
     """(lambda, rho, alpha) the trial trained with, from its recorded config (lambda at the reference batch)."""
-    text = trial.user_attrs.get("config")
-    if not text:
+    config = records.recorded_config(trial)
+    if config is None:
         return None
-    optim = Config.from_yaml(text, source=f"trial {trial.number}").optim
-    return optim.lr, optim.momentum, optim.weight_decay
+    return config.optim.lr, config.optim.momentum, config.optim.weight_decay
 
 
 def _ridge(trials: list[FrozenTrial], objective: Objective) -> plt.Figure:
@@ -173,7 +172,7 @@ def _span(values: np.ndarray) -> tuple[float, float]:
 def _pareto_front(study: optuna.Study, trials: list[FrozenTrial], objective: Objective) -> plt.Figure:
     if not trials:
         raise ValueError("no complete trial")
-    front = sorted(study.best_trials, key=_cost)
+    front = sorted(study.best_trials, key=lambda t: records.cost(t, objective))
     fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
     ax.scatter([t.values[1] for t in trials], [t.values[0] * 100 for t in trials], color="0.6", s=26, label="trials")
     costs, accs = [t.values[1] for t in front], [t.values[0] * 100 for t in front]
@@ -191,10 +190,6 @@ def _pareto_front(study: optuna.Study, trials: list[FrozenTrial], objective: Obj
     return fig
 
 
-def _cost(trial: FrozenTrial) -> float:
-    return trial.values[1]
-
-
 def _epochs(trial: FrozenTrial) -> int | None:
-    text = trial.user_attrs.get("config")
-    return Config.from_yaml(text, source=f"trial {trial.number}").train.epochs if text else None
+    config = records.recorded_config(trial)
+    return config.train.epochs if config is not None else None

@@ -24,7 +24,9 @@ from mlflow.entities import Param
 from pipelines.callbacks import Callback, EpochMetrics
 from pipelines.errors import UserError, one_line
 from pipelines.paths import check_writable
+from sweeper import records
 from sweeper.outcome import Outcome
+from sweeper.records import HOST_TAG, PARENT_TAG, ROLE, STUDY_TAG
 from sweeper.spool import PENDING, LogQueue
 from sweeper.urls import SQLITE_PREFIX, absolute_sqlite, check_password, is_sqlite, mask_url
 
@@ -39,9 +41,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # with artifacts in ./mlartifacts: `mlflow ui` shows it, no server
 DEFAULT_ARTIFACTS = "mlartifacts"
-ROLE = "sweeper.role"
-STUDY_TAG = "sweeper.study"
-HOST_TAG = "sweeper.host"
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 MLFLOW_STATUS = {
     Outcome.COMPLETE: "FINISHED",
@@ -123,12 +122,12 @@ class Tracker:
             return run_id
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{ROLE}` = 'study' and tags.`{STUDY_TAG}` = '{study}'",
+            filter_string=f"tags.`{ROLE}` = '{records.ROLE_STUDY}' and tags.`{STUDY_TAG}` = '{study}'",
             max_results=1,
         )
         if runs:
             return runs[0].info.run_id
-        return self.new_parent_run(study, role="study", params=params)
+        return self.new_parent_run(study, role=records.ROLE_STUDY, params=params)
 
     def new_parent_run(self, name: str, *, role: str, params: Mapping[str, Any] | None = None) -> str:
         """A new top-level run tagged ``sweeper.role`` = ``role`` and ``sweeper.study`` = ``name``; its id."""
@@ -146,15 +145,15 @@ class Tracker:
         number: int,
         params: Mapping[str, Any],
         tags: Mapping[str, str] | None = None,
-        role: str = "trial",
+        role: str = records.ROLE_TRIAL,
         run_name: str | None = None,
     ) -> TrialRun:
         """A child run; created right away, or (MLflow down) under a pending id that the spool resolves later."""
         all_tags = {
-            **({"mlflow.parentRunId": parent_id} if parent_id else {}),
+            **({PARENT_TAG: parent_id} if parent_id else {}),
             ROLE: role,
             STUDY_TAG: study,
-            "sweeper.trial_number": str(number),
+            records.TRIAL_NUMBER_TAG: str(number),
             HOST_TAG: socket.gethostname(),  # which machine (container) ran it, with many workers on a study
             **(tags or {}),
         }
@@ -248,16 +247,7 @@ class TrialRun(Callback):
             self._send_lrs(self._steps)
             self._steps = []
         ts = _now_ms()
-        values = {
-            "train_loss": metrics.train_loss,
-            "train_accuracy": metrics.train_accuracy,
-            "test_loss": metrics.test_loss,
-            "test_accuracy": metrics.test_accuracy,
-            "val_loss": metrics.val_loss,
-            "val_accuracy": metrics.val_accuracy,
-            "epoch_seconds": metrics.seconds,
-        }
-        batch = [[k, float(v), ts, metrics.epoch] for k, v in values.items() if v is not None]
+        batch = [[name, float(value), ts, metrics.epoch] for name, value in metrics.measured().items()]
         self._submit({"op": "batch", "metrics": batch})
 
     def log_compile(self, seconds: float) -> None:
@@ -279,9 +269,9 @@ class TrialRun(Callback):
         seconds = trial_seconds
         if seconds is None and self.fed_here:
             seconds = time.perf_counter() - self.started
-        tags = [["sweeper.state", outcome.value]]
+        tags = [[records.STATE_TAG, outcome.value]]
         if reason:
-            tags.append(["sweeper.reason", reason[:500]])
+            tags.append([records.REASON_TAG, reason[: records.MAX_TAG_LENGTH]])
         t0 = time.perf_counter()
         self._submit({"op": "batch", "tags": tags})
         self.queue.flush()  # the run's own metrics and files first: the drain is part of the logging cost

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -21,13 +18,13 @@ from optuna.trial import FrozenTrial, TrialState
 from pipelines.callbacks import Callback, EpochMetrics
 from pipelines.config import Config
 from pipelines.data import Splits, SplitsCache
-from pipelines.errors import UserError, one_line
+from pipelines.errors import UserError, chain, one_line
 from pipelines.reuse import RunCache
 from pipelines.train import run
-from sweeper import interrupts, outcome
+from sweeper import interrupts, outcome, records
 from sweeper.interrupts import InterruptCheck
 from sweeper.objective import Objective, objective_value, objective_values
-from sweeper.outcome import REASON, RUN_ID, Outcome
+from sweeper.outcome import Outcome
 from sweeper.space import Space, optim_params
 from sweeper.storage import StorageUnavailable
 from sweeper.study import StudyContext
@@ -43,34 +40,35 @@ class StudyObserver:
 
     def on_study(self, study: optuna.Study, *, space: Space, objective: Objective) -> None: ...
 
-    def on_trial_start(self, number: int, params: Mapping[str, Any], *, lr: float) -> None:
-        """Trial ``number`` starts with ``params`` (by the space's names) and trains at peak LR ``lr``."""
-
-    def on_epoch(self, number: int, metrics: EpochMetrics, value: float) -> None:
-        """After each epoch of trial ``number``; ``value`` is the objective the pruner saw."""
-
-    def on_trial_end(self, trial: FrozenTrial, outcome: Outcome, seconds: float, *, front: set[int]) -> None:
-        """Trial ``trial`` ended; ``front``: the numbers of a multi-objective study's Pareto front (else empty)."""
+    def on_trial(self, trial: FrozenTrial, *, front: set[int] | None = None) -> None:
+        """``trial``, as the storage holds it now, started, finished an epoch or ended; at its end, ``front``: the
+        numbers of a multi-objective study's Pareto front (else empty), None before."""
 
 
 class TrialReporter(Callback):
-    """Reports the objective each epoch so pruners can act (not after the last: the trial is complete then; not
-    in a multi-objective study, which Optuna cannot prune); relays epochs to the observer."""
+    """Records the trial's epochs (``records.EpochRecorder``: the objective, so pruners can act, and the epoch's
+    metrics), tells the observer, and asks the pruner whether to stop (not after the last epoch: the trial is
+    complete then; not in a multi-objective study, which Optuna cannot prune)."""
 
     def __init__(self, trial: optuna.Trial, objective: Objective, observer: StudyObserver, *, epochs: int) -> None:
         self.trial, self.objective, self.observer, self.epochs = trial, objective, observer, epochs
+        self.recorder = records.EpochRecorder(trial, objective)
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
-        self.observer.on_epoch(self.trial.number, metrics, objective_value(self.objective, metrics))
+        self.recorder.record(metrics, objective_value(self.objective, metrics))
+        self.observer.on_trial(_frozen(self.trial))
 
     def should_stop(self, metrics: EpochMetrics) -> str | None:
         value = objective_value(self.objective, metrics)
-        if self.objective.multi or value is None:  # None: not evaluated this epoch (train.eval_every)
-            return None
-        self.trial.report(value, metrics.epoch)
-        if metrics.epoch >= self.epochs:
+        if self.objective.multi or value is None or metrics.epoch >= self.epochs:  # None: not evaluated this epoch
             return None
         return Outcome.PRUNED.value if self.trial.should_prune() else None
+
+
+def _frozen(trial: optuna.Trial) -> FrozenTrial:
+    """The running ``trial`` as the storage holds it now (Optuna's public way: its study's running trials)."""
+    running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return next(t for t in running if t.number == trial.number)
 
 
 def trial_config(config: Config, objective: Objective) -> Config:
@@ -87,7 +85,6 @@ class _Open:
 
     trial: optuna.Trial
     tracked: TrialRun
-    started: float  # time.perf_counter() at the start
 
 
 @dataclass
@@ -113,65 +110,63 @@ class TrialRunner:
                 ctx.config.with_overrides({**overrides, "train.out_dir": str(out_dir)}), ctx.objective
             )
         except UserError as err:  # a combination of drawn values the config rejects: this trial fails, alone
-            trial.set_user_attr(REASON, one_line(err, limit=500))
+            trial.set_user_attr(records.REASON, one_line(err, limit=500))
             log.warning("trial %d draws an invalid config: %s", trial.number, err)
             raise
         params = {**optim_params(config), **overrides}
-        started = time.perf_counter()  # trial_seconds include creating the MLflow run
         tracked = ctx.tracker.trial_run(ctx.parent_run_id, study=ctx.opts.name, number=trial.number, params=params)
-        self._open[trial.number] = _Open(trial, tracked, started)
-        trial.set_user_attr(RUN_ID, tracked.run_id)
-        trial.set_user_attr("config", config.to_yaml())
-        trial.set_user_attr("lr", config.effective_lr)  # the peak LR trained with
-        self.observer.on_trial_start(trial.number, dict(trial.params), lr=config.effective_lr)
+        self._open[trial.number] = _Open(trial, tracked)
+        trial.set_user_attr(records.RUN_ID, tracked.run_id)
+        trial.set_user_attr(records.CONFIG, config.to_yaml())
+        trial.set_user_attr(records.LR, config.effective_lr)
+        self.observer.on_trial(_frozen(trial))
         reporter = TrialReporter(trial, ctx.objective, self.observer, epochs=config.train.epochs)
         try:
             callbacks = [tracked, reporter, InterruptCheck()]
             with interrupts.allowed():  # training may be cut anywhere; Optuna's calls around it may not
                 result = run(config, callbacks=callbacks, splits=self.splits(config), cache=self.cache)
         except KeyboardInterrupt:
-            trial.set_user_attr(REASON, Outcome.INTERRUPTED.value)
+            trial.set_user_attr(records.REASON, Outcome.INTERRUPTED.value)
             raise
         except UserError as err:  # e.g. a drawn batch size larger than the data: one line, no traceback
-            trial.set_user_attr(REASON, one_line(err, limit=500))
+            trial.set_user_attr(records.REASON, one_line(err, limit=500))
             log.warning("trial %d failed: %s", trial.number, err)
             raise
         except Exception as err:
-            trial.set_user_attr(REASON, one_line(err, with_type=True, limit=500))
+            trial.set_user_attr(records.REASON, one_line(err, with_type=True, limit=500))
             log.exception("trial %d failed", trial.number)
             raise
-        trial.set_user_attr("test_accuracy", result.test_accuracy)
-        trial.set_user_attr("train_seconds", result.seconds)
+        trial.set_user_attr(records.TEST_ACCURACY, result.test_accuracy)
+        trial.set_user_attr(records.TRAIN_SECONDS, result.seconds)
         tracked.log_compile(result.compile_seconds)  # the worker's first trial on CUDA
         ended = outcome.of_result(result)
         if ended is Outcome.DIVERGED:
-            trial.set_user_attr(REASON, Outcome.DIVERGED.value)
+            trial.set_user_attr(records.REASON, Outcome.DIVERGED.value)
             raise optuna.TrialPruned(result.reason)
         if ended is Outcome.PRUNED:
-            trial.set_user_attr(REASON, result.reason or Outcome.PRUNED.value)
+            trial.set_user_attr(records.REASON, result.reason or Outcome.PRUNED.value)
             raise optuna.TrialPruned(result.reason)
         return objective_values(ctx.objective, result)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna calls this after the trial's state is in the storage: now end its MLflow run."""
-        ended = outcome.of_trial(trial) or Outcome.FAILED
+        ended = records.of_trial(trial) or Outcome.FAILED
         entry = self._open.get(trial.number)
-        seconds = time.perf_counter() - entry.started if entry is not None else 0.0
         if entry is not None:
-            entry.tracked.finish(ended, reason=trial.user_attrs.get(REASON), trial_seconds=seconds)
+            entry.tracked.finish(
+                ended, reason=trial.user_attrs.get(records.REASON), trial_seconds=records.trial_seconds(trial)
+            )
             self._open.pop(trial.number)  # only now: an interrupt during finish leaves it for _end_open_trials
         values = trial.values or []
-        best, front = None, set()
-        if self.ctx.objective.multi:
-            front = {t.number for t in study.best_trials}
-        else:
+        best, front = None, records.front_numbers(study)
+        if not self.ctx.objective.multi:
             with contextlib.suppress(ValueError):  # no complete trial yet
                 best = study.best_value
         self.ctx.tracker.log_study_point(
             self.ctx.parent_run_id, number=trial.number, value=values[0] if values else None, best=best,
             cost=values[1] if len(values) > 1 else None,
         )  # fmt: skip
-        self.observer.on_trial_end(trial, ended, seconds, front=front)
+        self.observer.on_trial(trial, front=front)
         self._failures = self._failures + 1 if trial.state == TrialState.FAIL else 0
         if self._failures >= MAX_CONSECUTIVE_FAILURES:
             log.error("%d trials failed in a row; stopping the study", self._failures)
@@ -199,7 +194,7 @@ class TrialRunner:
                 raise real from None
             raise
         if self._failures >= MAX_CONSECUTIVE_FAILURES:
-            last = study.trials[-1].user_attrs.get(REASON, "unknown error")
+            last = study.trials[-1].user_attrs.get(records.REASON, "unknown error")
             raise UserError(f"{self._failures} trials failed in a row (last: {last}); see the log above")
         return study
 
@@ -209,20 +204,21 @@ class TrialRunner:
         had already finished), then flush the queue."""
         ended = Outcome.INTERRUPTED if interrupted else Outcome.FAILED
         for number, entry in list(self._open.items()):
+            seconds = records.trial_seconds(entry.trial)
             try:
-                entry.trial.set_user_attr(REASON, ended.value)
+                entry.trial.set_user_attr(records.REASON, ended.value)
                 study.tell(entry.trial, state=TrialState.FAIL, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:  # Optuna recorded it already: end the run as it ended
                 recorded = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-                ended_as = outcome.of_trial(recorded) if recorded is not None else None
+                ended_as = records.of_trial(recorded) if recorded is not None else None
                 if recorded is not None and ended_as is not None:  # e.g. complete, and Ctrl-C while its run ended
-                    reason = recorded.user_attrs.get(REASON)
-                    entry.tracked.finish(ended_as, reason=reason, trial_seconds=time.perf_counter() - entry.started)
+                    reason = recorded.user_attrs.get(records.REASON)
+                    entry.tracked.finish(ended_as, reason=reason, trial_seconds=records.trial_seconds(recorded))
             except StorageUnavailable:
                 log.warning("trial %d could not be recorded as %s: the database is unavailable", number, ended.value)
             except Exception:  # the storage may be what failed; the heartbeat will catch it
                 log.exception("could not record trial %d as %s", number, ended.value)
-            entry.tracked.finish(ended, reason=ended.value, trial_seconds=time.perf_counter() - entry.started)
+            entry.tracked.finish(ended, reason=ended.value, trial_seconds=seconds)
             self._open.pop(number, None)
         self.ctx.tracker.flush()
 
@@ -233,9 +229,4 @@ def _real_error(err: BaseException) -> BaseException:
     (the database gone, a second Ctrl-C), an UnboundLocalError hides what happened. Return that instead."""
     if not isinstance(err, UnboundLocalError):
         return err
-    seen = err.__context__
-    while seen is not None:
-        if isinstance(seen, (KeyboardInterrupt, StorageUnavailable)):
-            return seen
-        seen = seen.__context__
-    return err
+    return next((e for e in chain(err) if isinstance(e, (KeyboardInterrupt, StorageUnavailable))), err)

@@ -1,7 +1,7 @@
 """Training augmentation: an albumentations pipeline from the config, run batched on the device when it can be.
 
-``augment.ops`` is a list of ``{"name": <albumentations transform>, **kwargs}`` (built and described by
-:func:`build_albumentations` and :func:`describe`). Two ways to run it:
+``augment.ops`` is a list of ``{"name": <albumentations transform>, **kwargs}`` (built by
+:func:`build_albumentations`). Two ways to run it:
 
 * :class:`BatchAugment` -- the standard ops (PadIfNeeded, RandomCrop, HorizontalFlip, VerticalFlip,
   CoarseDropout) re-implemented with torch over a whole uint8 batch ``(N, C, H, W)`` on its device, sampling
@@ -15,13 +15,13 @@ their identity and the epoch (airbench), instead of a fresh coin each epoch.
 
 ``BatchAugment.from_ops`` returns None when some op has no batched version; the caller then uses the other path.
 
-Modules: ``spec`` (ops -> albumentations, descriptions), ``batched`` (the torch executor), ``sample`` (per sample),
+Modules: ``spec`` (ops -> albumentations), ``batched`` (the torch executor), ``sample`` (per sample),
 ``alternating`` (the derandomised flip).
 """
 
 from pipelines.augment.alternating import AlternatingFlip
 from pipelines.augment.batched import BatchAugment
 from pipelines.augment.sample import SampleDataset
-from pipelines.augment.spec import build_albumentations, describe, fit_to_size
+from pipelines.augment.spec import build_albumentations, fit_to_size
 
-__all__ = ["AlternatingFlip", "BatchAugment", "SampleDataset", "build_albumentations", "describe", "fit_to_size"]
+__all__ = ["AlternatingFlip", "BatchAugment", "SampleDataset", "build_albumentations", "fit_to_size"]

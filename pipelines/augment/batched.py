@@ -23,7 +23,6 @@ from pipelines.augment.spec import (
     BORDER_REPLICATE,
     BORDER_WRAP,
     build_albumentations,
-    describe,
 )
 from pipelines.errors import UserError
 
@@ -360,9 +359,6 @@ class BatchAugment:
         for step in self.steps:
             step(canvas)
         return canvas.materialize()
-
-    def __repr__(self) -> str:
-        return f"BatchAugment({describe(self.ops)})"
 
 
 _SKIP = object()  # an op that is a no-op for every image (p = 0)

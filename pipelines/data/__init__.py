@@ -21,7 +21,7 @@ Modules: ``sets`` (ImageSet, Splits, balanced subsets), ``sources`` (the loaders
 """
 
 from pipelines.data.sets import ImageSet, Progress, Splits, balanced_subset, channel_stats
-from pipelines.data.sources import OFFLINE_MESSAGE, TORCHVISION_CIFAR10, SplitsCache, load_source, load_splits
+from pipelines.data.sources import OFFLINE_MESSAGE, TORCHVISION_CIFAR10, SplitsCache, load_splits
 
 __all__ = [
     "OFFLINE_MESSAGE",
@@ -32,6 +32,5 @@ __all__ = [
     "SplitsCache",
     "balanced_subset",
     "channel_stats",
-    "load_source",
     "load_splits",
 ]

@@ -26,14 +26,6 @@ OFFLINE_MESSAGE = (
 )
 
 
-def load_source(
-    path: str, *, cache_dir: str | Path, progress: Progress | None = None, image_size: int | None = None
-) -> tuple[ImageSet, ImageSet, tuple[str, ...]]:
-    """The full train set, the full test set and the class names of ``path`` (see the package doc for sources)."""
-    loaded = _load(path, cache_dir=cache_dir, progress=progress, size=image_size)
-    return loaded.train, loaded.test, loaded.classes
-
-
 class SplitsCache:
     """The last splits loaded, reused while the data config stays the same (e.g. the trials of one worker)."""
 

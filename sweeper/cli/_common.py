@@ -217,7 +217,7 @@ class RichProgress(Callback):
         if self.epoch_lines:
             self.progress.console.print(
                 f"epoch {metrics.epoch:>3}/{self.epochs_total}  {stats}  lr {metrics.lr:.4g}  "
-                f"{metrics.seconds:.1f}s (+{metrics.eval_seconds:.1f}s eval)",
+                f"{metrics.epoch_seconds:.1f}s (+{metrics.eval_seconds:.1f}s eval)",
                 highlight=False,
             )
 
@@ -225,3 +225,28 @@ class RichProgress(Callback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class RunBars:
+    """One progress bar at a time for a command that trains several runs (replay's seeds, the accuracy range
+    test's LRs): each run's bar replaces the last; the last one closes with the block."""
+
+    def __init__(self) -> None:
+        self.bar: RichProgress | None = None
+
+    def start(self, label: str) -> RichProgress:
+        """A new bar (no per-epoch lines) labelled ``label``, the previous one closed."""
+        self.close()
+        self.bar = RichProgress(label=label, epoch_lines=False)
+        return self.bar
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> RunBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,7 +1,8 @@
 """The study's live view: a table of its trials on stderr, columns from the study's space and objective.
 
-It listens as a ``sweeper.trials.StudyObserver`` while trials run in this process, and is refreshed from the
-storage's rows (``sweeper.study.trial_rows``) when workers run them; ``study show`` prints it once.
+Its rows are ``sweeper.records.trial_row``, built from the trials as the storage holds them: told of each trial
+as a ``sweeper.trials.StudyObserver`` while trials run in this process, refreshed from the storage
+(``records.trial_rows``) while workers run them; ``study show`` prints it once.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from pipelines.callbacks import EpochMetrics
-    from sweeper.outcome import Outcome
     from sweeper.space import Param, Space
 
 ROWS_SHOWN = 30  # the latest trials; older ones scroll away
@@ -59,42 +58,29 @@ class LiveStudyView:
 
     # -- what sweeper.trials.StudyObserver hears
     def on_study(self, study: optuna.Study, *, space: Space, objective: Objective) -> None:
-        from sweeper.study import trial_rows
+        from sweeper.records import trial_rows
 
         self.space, self.objective = space, Objective(objective)
         self.show_rows(trial_rows(study))
 
-    def on_trial_start(self, number: int, params: Mapping[str, Any], *, lr: float) -> None:
-        self.rows[number] = {
-            "number": number,
-            "state": "running",
-            "params": dict(params),
-            "lr": lr,
-            "started": time.perf_counter(),
+    def on_trial(self, trial: FrozenTrial, *, front: set[int] | None = None) -> None:
+        from sweeper.records import trial_row
+
+        attrs = {}  # the MLflow run id is not shown: no need for the study's synced ids
+        self.rows[trial.number] = {
+            **trial_row(trial, objective=self.objective, study_attrs=attrs, front=front or set()),
+            "_built": time.perf_counter(),
         }
-        self._refresh()
-
-    def on_epoch(self, number: int, metrics: EpochMetrics, value: float) -> None:
-        row = self.rows.get(number)
-        if row is not None:
-            row.update(epoch=metrics.epoch, value=value, test_accuracy=metrics.test_accuracy)
-            self._refresh()
-
-    def on_trial_end(self, trial: FrozenTrial, outcome: Outcome, seconds: float, *, front: set[int]) -> None:
-        row = self.rows.setdefault(trial.number, {"number": trial.number, "params": trial.params})
-        row.update(state=outcome.value, seconds=seconds, started=None)
-        if trial.values:
-            row.update(value=trial.values[0], values=trial.values)
-        row["test_accuracy"] = trial.user_attrs.get("test_accuracy", row.get("test_accuracy"))
-        if front:
-            for number, other in self.rows.items():
-                other["pareto"] = number in front
+        if front is not None and self.objective.multi:
+            for number, row in self.rows.items():
+                row["pareto"] = number in front
         self._refresh()
 
     def show_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Replace the table's rows with what the storage says (the multi-worker view, `study show`)."""
+        """Replace the table's rows with ``records.trial_row`` rows (the multi-worker view, `study show`)."""
+        built = time.perf_counter()
         for row in rows:
-            self.rows[row["number"]] = {**row, "started": None}
+            self.rows[row["number"]] = {**row, "_built": built}
         self._refresh()
 
     # -- the table
@@ -171,8 +157,7 @@ def _value(row: Mapping[str, Any]) -> str:
 
 
 def _cost(row: Mapping[str, Any]) -> str:
-    values = row.get("values") or []
-    return f"{values[1]:.4g}" if len(values) > 1 else ""
+    return fmt(row.get("cost"))
 
 
 def _front(row: Mapping[str, Any]) -> str:
@@ -189,9 +174,10 @@ def _state(row: Mapping[str, Any]) -> str:
 
 
 def _time(row: Mapping[str, Any]) -> str:
+    """The trial's seconds; a running trial's go on counting from when its row was read."""
     seconds = row.get("seconds")
-    if row.get("started") is not None:
-        seconds = time.perf_counter() - row["started"]
+    if seconds is not None and row.get("state") == "running":
+        seconds += time.perf_counter() - row.get("_built", time.perf_counter())
     return f"{seconds:.0f}s" if seconds is not None else ""
 
 

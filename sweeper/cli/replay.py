@@ -12,6 +12,7 @@ from sweeper.cli._common import (
     DataOpt,
     JsonOpt,
     RichProgress,
+    RunBars,
     RunsOpt,
     SetOpt,
     StorageOpt,
@@ -49,7 +50,7 @@ def replay(
     Each run is an MLflow run tagged sweeper.role=replay, linked to its source trial; weights are kept.
     """
     from pipelines.paths import check_writable
-    from sweeper.replay import check_replay, replay_source
+    from sweeper.replay import plan_replay
     from sweeper.replay import replay as do_replay
     from sweeper.tracking import Tracker
 
@@ -62,38 +63,29 @@ def replay(
         raise UserError("give either a config YAML or --study NAME (with --trial N for a given trial)")
     if len(files) > 1:
         raise UserError(f"one config file at a time, got {', '.join(files)}")
-    cfg, src = replay_source(
+    check_writable(runs_dir, what="--runs-dir")
+    plan = plan_replay(  # data and config problems before MLflow records anything
         study=study,
         trial=trial,
         config_file=Path(files[0]) if files else None,
         storage=storage,
         tokens=toks,
         extra={"data.path": data} if data else None,
+        runs_dir=runs_dir,
     )
-    check_writable(runs_dir, what="--runs-dir")
-    splits = check_replay(cfg, runs_dir=runs_dir)  # data and config problems before MLflow records anything
-    tracker = Tracker(tracking_uri, src.experiment, spool_dir=runs_dir / src.experiment / "spool")
-    bars: list[RichProgress] = []
+    tracker = Tracker(tracking_uri, plan.source.experiment, spool_dir=runs_dir / plan.source.experiment / "spool")
+    with RunBars() as bars:
 
-    def progress(k: int) -> list[RichProgress]:
-        for bar in bars:
-            bar.close()
-        bars[:] = [RichProgress(label=f"seed {cfg.train.seed + k}", epoch_lines=False)]
-        return bars
+        def progress(k: int) -> list[RichProgress]:
+            return [bars.start(f"seed {plan.config.train.seed + k}")]
 
-    try:
-        result = do_replay(
-            cfg, source=src, seeds=seeds, tracker=tracker, runs_dir=runs_dir, progress=progress, splits=splits
-        )
-    finally:
-        for bar in bars:
-            bar.close()
+        result = do_replay(plan, seeds=seeds, tracker=tracker, runs_dir=runs_dir, progress=progress)
     if json_:
-        print_json({"source": src.label, **result.to_dict()})
+        print_json({"source": plan.source.label, **result.to_dict()})
         return
     accs = ", ".join(f"{100 * a:.2f}%" for a in result.accuracies)
     typer.echo(
-        f"replay of {src.label}: test accuracy {100 * result.mean:.2f}% ± {100 * result.std:.2f}% "
+        f"replay of {plan.source.label}: test accuracy {100 * result.mean:.2f}% ± {100 * result.std:.2f}% "
         f"over {seeds} seeds ({accs})"
     )
     print_runs_link(tracker.uri, tracker.experiment_id)

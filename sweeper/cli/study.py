@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from pipelines.errors import UserError
-from sweeper import outcome
+from sweeper.cli import best as _best
 from sweeper.cli._common import (
     ConfigOpt,
     DataOpt,
@@ -27,7 +27,7 @@ from sweeper.cli._common import (
     tokens,
     user_errors,
 )
-from sweeper.cli.live import LiveStudyView, fmt, pct
+from sweeper.cli.live import LiveStudyView, pct
 from sweeper.objective import Objective
 from sweeper.outcome import Outcome
 from sweeper.samplers import PrunerName, SamplerName
@@ -266,7 +266,7 @@ def run_cmd(
         runner = TrialRunner(ctx, observer=view, data=cache)
         if from_lr_finder:
             err_console.print("running the LR range test for --from-lr-finder ...")
-            lr = enqueue_lr_finder(ctx, runner.splits(ctx.config))
+            lr = enqueue_lr_finder(ctx, runner.splits(ctx.config), cache=runner.cache)
             err_console.print(f"enqueued a trial at lr {lr:.4g} (LR range test valley)")
         with view:
             study = runner.run(n_trials=n_trials, timeout=timeout)
@@ -277,7 +277,8 @@ def run_cmd(
 def _report(ctx: StudyContext, study: Any, plots: dict[str, str], *, json_: bool, **extra: Any) -> None:
     """What a finished `study run` prints: the trials (JSON), or the best trial (the Pareto front's size), how to
     replay it and where its runs are in MLflow, each on a line of its own (stderr)."""
-    from sweeper.study import pareto_rows, trial_rows
+    from sweeper.queries import pareto_rows
+    from sweeper.records import trial_rows
 
     name, rows = ctx.opts.name, trial_rows(study)
     if ctx.objective.multi:
@@ -315,7 +316,7 @@ def _finish(ctx: StudyContext) -> dict[str, str]:
 
 def _run_workers(ctx: StudyContext, plan: list[Any], *, timeout: float | None, json_: bool) -> None:
     """The workers' processes with one table read from the storage, then the study's plots."""
-    from sweeper.study import trial_rows
+    from sweeper.records import trial_rows
     from sweeper.workers import run_workers, workers_log_dir
 
     opts = ctx.opts
@@ -350,8 +351,8 @@ def sync(
 
     Trials whose MLflow run was created by the sync get its id recorded in the study (the --storage it ran on).
     """
+    from sweeper.queries import record_synced_run_ids
     from sweeper.spool import sync_spool
-    from sweeper.study import record_synced_run_ids
     from sweeper.tracking import Tracker
 
     spool = runs_dir / name / "spool"
@@ -379,7 +380,7 @@ def sync(
 @user_errors
 def list_cmd(storage: StorageOpt = None, json_: JsonOpt = False) -> None:
     """List the studies in the storage with their trial counts and best values."""
-    from sweeper.study import list_studies
+    from sweeper.queries import list_studies
 
     studies = list_studies(storage)
     if json_:
@@ -399,115 +400,20 @@ def list_cmd(storage: StorageOpt = None, json_: JsonOpt = False) -> None:
 @user_errors
 def show(name: NameArg, storage: StorageOpt = None, json_: JsonOpt = False) -> None:
     """Show every trial of study NAME: its searched parameters, objective, test accuracy, state and time."""
-    from sweeper.study import load_study, study_objective, study_space, trial_rows
+    from sweeper import records
+    from sweeper.queries import load_study
 
     study = load_study(storage, name)
-    rows = trial_rows(study)
+    rows = records.trial_rows(study)
+    attrs = study.user_attrs
     if json_:
-        attrs = {k: v for k, v in study.user_attrs.items() if k not in ("config", "space")}
-        print_json({"study": name, "objective": study.user_attrs.get("objective"), "attrs": attrs, "trials": rows})
+        shown = {k: v for k, v in attrs.items() if k not in (records.STUDY_CONFIG, records.SPACE)}
+        print_json({"study": name, "objective": attrs.get(records.OBJECTIVE), "attrs": shown, "trials": rows})
         return
-    view = LiveStudyView(name, space=study_space(study), objective=study_objective(study))
+    space = records.study_space(attrs, name=name)
+    view = LiveStudyView(name, space=space, objective=records.study_objective(attrs))
     view.show_rows(rows)
     console().print(view.table())
 
 
-@study_app.command("best")
-@user_errors
-def best(
-    name: NameArg,
-    storage: StorageOpt = None,
-    export: Annotated[
-        Path | None, typer.Option("--export", help="Write the chosen trial's resolved config YAML here.")
-    ] = None,
-    min_accuracy: Annotated[
-        float | None,
-        typer.Option(
-            "--min-accuracy",
-            help="Multi-objective studies: the cheapest trial whose accuracy is at least this (a fraction, e.g. 0.9).",
-            show_default=False,
-        ),
-    ] = None,
-    json_: JsonOpt = False,
-) -> None:
-    """Show the best trial of study NAME (and export its config for `sweeper replay FILE`).
-
-    A multi-objective study (--objective val,train_seconds ...) has a Pareto front instead: shown as a table;
-    --min-accuracy A picks the cheapest trial that reaches A, --export writes its config.
-    """
-    from pipelines.paths import check_writable
-    from sweeper.study import best_trial, is_multi_objective, load_study
-
-    if export is not None:
-        check_writable(export, what="--export", folder=False)
-    study = load_study(storage, name)
-    if is_multi_objective(study):
-        _pareto(study, min_accuracy=min_accuracy, export=export, json_=json_)
-        return
-    if min_accuracy is not None:
-        raise UserError(f"--min-accuracy picks from a multi-objective study's front; {name!r} has one objective")
-    trial = best_trial(study)
-    payload = {
-        "study": name,
-        "trial": trial.number,
-        "value": trial.value,
-        "params": trial.params,
-        "lr": trial.user_attrs.get("lr"),
-        "test_accuracy": trial.user_attrs.get("test_accuracy"),
-        "mlflow_run_id": outcome.run_id(trial, study.user_attrs),
-    }
-    if _export(trial, export, payload, json_=json_):
-        return
-    typer.echo(f"best trial {trial.number} of {name}: objective {100 * trial.value:.2f}%")
-    for k, v in {**trial.params, "lr": payload["lr"]}.items():
-        typer.echo(f"  {k} = {fmt(v)}")
-    if export is not None:
-        typer.echo(f"config written to {export}")
-
-
-def _export(trial: Any, export: Path | None, payload: dict[str, Any], *, json_: bool) -> bool:
-    """Write the trial's config to ``export`` (if given, noted in ``payload``); print ``payload`` as JSON when asked.
-    True when the JSON was the whole answer."""
-    if export is not None:
-        export.parent.mkdir(parents=True, exist_ok=True)
-        export.write_text(trial.user_attrs["config"])
-        payload["exported"] = str(export)
-    if json_:
-        print_json(payload)
-    return json_
-
-
-def _pareto(study: Any, *, min_accuracy: float | None, export: Path | None, json_: bool) -> None:
-    """The front of a multi-objective study as a table (or JSON), or the cheapest trial reaching an accuracy."""
-    from sweeper.study import cheapest_reaching, pareto_row, pareto_rows, study_objective
-
-    objective = Objective(study_objective(study))
-    if min_accuracy is None:
-        if export is not None:
-            raise UserError("a multi-objective study has no single best trial: give --min-accuracy A to pick one")
-        front = pareto_rows(study, objective)
-        if json_:
-            print_json({"study": study.study_name, "objectives": objective.keys, "pareto": front})
-            return
-        table = Table(title=f"Pareto front of {study.study_name}: {objective.split} accuracy against {objective.cost}")
-        epochs_column = objective.cost != "epochs"  # else the cost is the epochs already
-        for column in ("#", *objective.names, *(["epochs"] if epochs_column else []), "lr"):
-            table.add_column(column, justify="right", no_wrap=True)
-        for row in front:
-            accuracy, cost = row["values"].values()
-            epochs = [fmt(row["epochs"])] if epochs_column else []
-            table.add_row(str(row["number"]), pct(accuracy), f"{cost:.4g}", *epochs, fmt(row["lr"], ".3g"))
-        console().print(table)
-        return
-    trial = cheapest_reaching(study, objective, min_accuracy)
-    payload = pareto_row(trial, objective, study.user_attrs)
-    if _export(trial, export, payload, json_=json_):
-        return
-    accuracy, cost = trial.values
-    typer.echo(
-        f"cheapest trial reaching {objective.split} accuracy {min_accuracy:g}: {trial.number} "
-        f"({pct(accuracy)}, {objective.cost} {cost:.4g}); replay it with: "
-        f"sweeper replay --study {study.study_name} --trial {trial.number}"
-    )
-    if export is not None:
-        typer.echo(f"config written to {export}")
+study_app.command("best")(_best.best)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from pipelines import lr_range
 from pipelines.errors import UserError
 from sweeper.cli._common import (
     ConfigOpt,
@@ -17,6 +18,7 @@ from sweeper.cli._common import (
     JsonOpt,
     OverridesArg,
     RichProgress,
+    RunBars,
     SetOpt,
     console,
     err_console,
@@ -47,13 +49,10 @@ def train(
 
     Example: sweeper train --data ../shared/data/cifar10-jpeg.tar.xz --set model.width=0.25 train.epochs=4
     """
-    from pipelines.paths import check_writable
     from pipelines.train import run
     from sweeper.interrupts import InterruptCheck
 
     cfg = resolve_cli_config(config, set_, overrides, **{"data.path": data, "train.out_dir": str(out) if out else None})
-    check_writable(Path(cfg.train.out_dir), what="train.out_dir")  # before the data is loaded, not after training
-
     progress = RichProgress()
     try:
         result = run(cfg, callbacks=[progress, InterruptCheck()])
@@ -95,16 +94,26 @@ def lr_find(
     ] = RangeMetric.loss,
     min_lr: Annotated[
         float, typer.Option("--min-lr", help="First LR of the sweep (loss), lowest LR (accuracy).")
-    ] = 1e-4,
+    ] = lr_range.MIN_LR,
     max_lr: Annotated[
         float, typer.Option("--max-lr", help="Last LR of the sweep (loss), highest LR (accuracy).")
-    ] = 10.0,
+    ] = lr_range.MAX_LR,
     iters: Annotated[
-        int | None, typer.Option("--iters", "-n", help="Training steps of the sweep (loss).  [default: 100]")
+        int | None,
+        typer.Option("--iters", "-n", help="Training steps of the sweep (loss).", show_default=str(lr_range.NUM_ITER)),
     ] = None,
-    mode: Annotated[str | None, typer.Option(help="exp (log-spaced) or linear (loss).  [default: exp]")] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(help="exp (log-spaced) or linear (loss).", show_default=lr_range.MODES[0]),
+    ] = None,
     epochs: Annotated[
-        int | None, typer.Option("--epochs", help="Epochs of each run.  [default: 5]", rich_help_panel=ACCURACY_PANEL)
+        int | None,
+        typer.Option(
+            "--epochs",
+            help="Epochs of each run.",
+            show_default=str(lr_range.ACCURACY_EPOCHS),
+            rich_help_panel=ACCURACY_PANEL,
+        ),
     ] = None,
     lrs: Annotated[
         str | None,
@@ -119,7 +128,10 @@ def lr_find(
     points: Annotated[
         int | None,
         typer.Option(
-            "--points", help="How many LRs when --lrs is not given.  [default: 5]", rich_help_panel=ACCURACY_PANEL
+            "--points",
+            help="How many LRs when --lrs is not given.",
+            show_default=str(lr_range.ACCURACY_POINTS),
+            rich_help_panel=ACCURACY_PANEL,
         ),
     ] = None,
     tracking_uri: Annotated[
@@ -157,20 +169,20 @@ def lr_find(
     cfg = resolve_cli_config(config, set_, overrides, **{"data.path": data})
     check_writable(Path(cfg.train.out_dir), what="train.out_dir")  # where the plot goes
     if metric is RangeMetric.accuracy:
-        epochs = 5 if epochs is None else epochs
-        lrs_list = _lrs(lrs, min_lr, max_lr, 5 if points is None else points)
+        epochs = lr_range.ACCURACY_EPOCHS if epochs is None else epochs
+        lrs_list = _lrs(lrs, min_lr, max_lr, lr_range.ACCURACY_POINTS if points is None else points)
         _accuracy_range(cfg, lrs=lrs_list, epochs=epochs, tracking_uri=tracking_uri, json_=json_)
         return
     from pipelines.lr_finder import lr_range_test
 
-    iters = 100 if iters is None else iters
+    iters = lr_range.NUM_ITER if iters is None else iters
     with _steps_bar(iters) as advance:
         result = lr_range_test(
             cfg,
             min_lr=min_lr,
             max_lr=max_lr,
             num_iter=iters,
-            mode=mode or "exp",
+            mode=mode or lr_range.MODES[0],
             on_step=advance,
             plot_path=Path(cfg.train.out_dir) / "lr_finder.png",
         )
@@ -213,41 +225,25 @@ def _lrs(text: str | None, low: float, high: float, points: int) -> list[float]:
 
 
 def _accuracy_range(cfg: Config, *, lrs: list[float], epochs: int, tracking_uri: str | None, json_: bool) -> None:
-    from pipelines.data import load_splits
-    from pipelines.lr_finder import accuracy_range_configs, accuracy_range_test
-    from pipelines.train import check_trainable
+    from pipelines.lr_finder import accuracy_range_test, plan_accuracy_range
     from sweeper.interrupts import InterruptCheck
 
-    configs = accuracy_range_configs(cfg, lrs=lrs, epochs=epochs)  # every mistake before anything is recorded
-    splits = load_splits(cfg.data)
-    check_trainable(configs[0], splits)
-
+    plan = plan_accuracy_range(cfg, lrs=lrs, epochs=epochs)  # every mistake before anything is recorded
     plot_path = Path(cfg.train.out_dir) / "lr_accuracy.png"
-    bars: list[RichProgress] = []
-
-    def progress(i: int, run_cfg: Config) -> list[Callback]:
-        for bar in bars:
-            bar.close()
-        bars[:] = [RichProgress(label=f"lr {run_cfg.optim.lr:.3g} ({i + 1}/{len(lrs)})", epoch_lines=False)]
-        return [*bars, InterruptCheck()]
-
     parent = None
-    try:
+    with RunBars() as bars:
+
+        def progress(i: int, run_cfg: Config) -> list[Callback]:
+            return [bars.start(f"lr {run_cfg.optim.lr:.3g} ({i + 1}/{len(plan.configs)})"), InterruptCheck()]
+
         if tracking_uri is None:
-            result = accuracy_range_test(
-                cfg, lrs=lrs, epochs=epochs, splits=splits, callbacks=progress, plot_path=plot_path
-            )
+            result = accuracy_range_test(plan, callbacks=progress, plot_path=plot_path)
         else:
             from sweeper.range_test import EXPERIMENT, tracked_accuracy_range_test
             from sweeper.tracking import Tracker
 
             tracker = Tracker(tracking_uri, EXPERIMENT, spool_dir=Path("runs") / EXPERIMENT / "spool")
-            result, parent = tracked_accuracy_range_test(
-                cfg, lrs=lrs, epochs=epochs, tracker=tracker, splits=splits, plot_path=plot_path, progress=progress
-            )
-    finally:
-        for bar in bars:
-            bar.close()
+            result, parent = tracked_accuracy_range_test(plan, tracker=tracker, plot_path=plot_path, progress=progress)
     if json_:
         print_json({**result.to_dict(), **({"mlflow_parent_run_id": parent} if parent else {})})
         return
@@ -285,22 +281,35 @@ class _steps_bar:
 
 @user_errors
 def model(
-    width: Annotated[float, typer.Option(help="Width multiplier (model.width).")] = 1.0,
+    overrides: OverridesArg = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    width: Annotated[
+        float | None, typer.Option(help="Width multiplier: the same as --set model.width=...", show_default=False)
+    ] = None,
     classes: Annotated[int, typer.Option(help="Number of classes.")] = 10,
     json_: JsonOpt = False,
 ) -> None:
-    """Print the custom ResNet-9 layer by layer: output shapes and parameters (6,573,120 at width 1)."""
-    from pipelines.config import ModelConfig
+    """Print the custom ResNet-9 the config builds, layer by layer: output shapes and parameters (6,573,120 at
+    width 1).
+
+    Every model.* key shapes it: e.g. sweeper model --set model.width=0.5
+    """
     from pipelines.model import build_model, count_parameters, layer_table
 
-    net = build_model(ModelConfig(width=width), num_classes=classes)
+    if classes < 1:
+        raise UserError(f"--classes must be >= 1, got {classes}")
+    cfg = resolve_cli_config(config, set_, overrides, **{"model.width": width})
+    net = build_model(cfg.model, num_classes=classes)
     rows = layer_table(net)
     total = count_parameters(net)
+    settings = cfg.model.__dict__
     if json_:
         print_json(
             {
                 "params": total,
-                "width": width,
+                **settings,
+                "model": settings,
                 "classes": classes,
                 "layers": [
                     {"name": r.name, "kind": r.kind, "output_shape": list(r.output_shape), "params": r.params}
@@ -309,7 +318,8 @@ def model(
             }
         )
         return
-    table = Table(title=f"custom ResNet-9 (width {width:g}, {classes} classes, input 3x32x32)")
+    shown = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in settings.items())
+    table = Table(title=f"custom ResNet-9 ({shown}, {classes} classes, input 3x32x32)")
     table.add_column("block")
     table.add_column("layers")
     table.add_column("output shape", justify="right")
