@@ -41,6 +41,7 @@ import optuna
 import torch
 
 from benchmarks.machine import cpu_model
+from benchmarks.scale import add_scale_options, scale_overrides
 from pipelines.config import Config
 from pipelines.data import load_splits
 from pipelines.errors import UserError
@@ -49,9 +50,6 @@ from pipelines.train import check_data, run
 from sweeper.objective import objective_value
 from sweeper.space import Space, parse_space
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SCHEMA = 1
 REGION = {"lr": (0.02, 4.0), "momentum": (0.8, 0.97), "weight_decay": (5e-5, 5e-3)}
 WITHIN = 0.005  # "within 0.5 pt of the best"
@@ -159,28 +157,13 @@ def format_table(table: dict[str, dict], trials: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(SHARED_DATA) if SHARED_DATA.exists() else "cifar10")
-    parser.add_argument("--train-limit", type=int, default=5000)
-    parser.add_argument("--val-size", type=int, default=1000)
-    parser.add_argument("--test-limit", type=int, default=1000)
-    parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--device", default="auto")
+    add_scale_options(parser, train_limit=5000, epochs=4)
     parser.add_argument("--trials", type=int, default=24, help="trained trials per space and seed (N)")
     parser.add_argument("--seeds", type=int, default=3, help="sampler seeds per space (K)")
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.WARNING)
-    overrides = {
-        "data.path": args.data, "data.train_limit": args.train_limit, "data.val_size": args.val_size,
-        "data.test_limit": args.test_limit, "model.width": args.width, "train.epochs": args.epochs,
-        "train.batch_size": args.batch_size, "train.device": args.device,
-    }  # fmt: skip
-    if args.cache_dir:
-        overrides["data.cache_dir"] = args.cache_dir
+    overrides = scale_overrides(args)
     try:
         config = Config().with_overrides(overrides)
         splits = load_splits(config.data)

@@ -419,9 +419,36 @@ class Config:
         return Config.from_dict(raw)
 
 
+# The bag of tricks' switches (Myrtle.ai part 8, airbench), all off by default: the README's recipe section lists
+# them; runs record the ones set (sweeper's MLflow params).
+TRICK_KEYS = (
+    "model.activation",
+    "model.celu_alpha",
+    "model.ghost_batch",
+    "model.bn_weight",
+    "model.whiten",
+    "optim.bn_bias_lr_scale",
+    "optim.bn_bias_decay_scale",
+    "train.ema",
+    "train.ema_every",
+    "train.tta",
+    "augment.alternating_flip",
+)
+
+
+def tricks_set(config: Config) -> dict[str, Any]:
+    """The trick switches (:data:`TRICK_KEYS`) that ``config`` sets away from their defaults: dotted key -> value."""
+    values, defaults = _flat(config.to_dict()), _flat(Config().to_dict())
+    return {key: values[key] for key in TRICK_KEYS if values[key] != defaults[key]}
+
+
+def _flat(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
+
+
 def config_keys() -> list[str]:
     """Every dotted key of the config, e.g. ``optim.lr``."""
-    return [f"{section}.{key}" for section, values in Config().to_dict().items() for key in values]
+    return list(_flat(Config().to_dict()))
 
 
 def _require(ok: bool, message: str) -> None:

@@ -106,10 +106,13 @@ def param_groups(
     ``lr_scale`` (what the step multiplies the LR curve by for that group); torch.optim.SGD keeps the extra key.
     Batch-norm biases get ``lr_scale = bn_bias_lr_scale`` and ``weight_decay * bn_bias_decay_scale`` (Myrtle: 16
     and 1/16; airbench: 64 and 1/64, its decoupled decay lr * wd unchanged); the rest 1 and ``weight_decay``.
-    Frozen parameters (requires_grad False) are left out; an empty group is not returned.
+    Frozen parameters (requires_grad False) are left out; an empty group is not returned. With both scales 1 (the
+    recipe) one group holds every trainable parameter in the model's order: the update is the one it always was.
     """
-    bn_biases = {id(m.bias) for m in model.modules() if isinstance(m, _BatchNorm) and m.bias is not None}
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if bn_bias_lr_scale == 1 and bn_bias_decay_scale == 1:
+        return [{"params": trainable, "lr_scale": 1.0, "weight_decay": weight_decay}] if trainable else []
+    bn_biases = {id(m.bias) for m in model.modules() if isinstance(m, _BatchNorm) and m.bias is not None}
     biases = [p for p in trainable if id(p) in bn_biases]
     rest = [p for p in trainable if id(p) not in bn_biases]
     groups = [

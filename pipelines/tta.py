@@ -34,11 +34,17 @@ def tta_logits(model: Model, images: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "flip_shift":
         h, w = images.shape[-2:]
         padded = F.pad(images, (SHIFT,) * 4, mode="reflect")
-        down_right = padded[..., :h, :w]  # pixel (i, j) shows the image's (i - 1, j - 1)
-        up_left = padded[..., 2 * SHIFT :, 2 * SHIFT :]  # pixel (i, j) shows the image's (i + 1, j + 1)
+        # the crops copied into the input's memory format: a compiled model sees the strides it was compiled for
+        memory = torch.channels_last if _channels_last(images) else torch.contiguous_format
+        down_right = padded[..., :h, :w].contiguous(memory_format=memory)  # pixel (i, j): the image's (i-1, j-1)
+        up_left = padded[..., 2 * SHIFT :, 2 * SHIFT :].contiguous(memory_format=memory)  # the image's (i+1, j+1)
         shifted = 0.5 * (_mirrored(model, down_right) + _mirrored(model, up_left))
         return 0.5 * _mirrored(model, images) + 0.5 * shifted
     raise ValueError(f"tta must be one of {', '.join(TTAS)}, got {mode!r}")
+
+
+def _channels_last(images: torch.Tensor) -> bool:
+    return images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
 
 
 def _mirrored(model: Model, images: torch.Tensor) -> torch.Tensor:

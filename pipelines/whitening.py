@@ -97,6 +97,15 @@ def whitening_weights(images: torch.Tensor, *, kernel_size: int, eps: float, neg
     return filters.reshape(-1, c, kernel_size, kernel_size).to(device=images.device, dtype=torch.float32)
 
 
+def fitted_weights(mode: str, images: torch.Tensor) -> torch.Tensor:
+    """The filters of ``mode`` (``patch2`` | ``patch3``) fitted to the first ``SPECS[mode].images`` of ``images``
+    (normalised float (N, 3, H, W)): what :meth:`Whitening.fit` writes, computed apart so that it can be kept per
+    data set (:class:`~pipelines.reuse.RunCache`) and copied into each run's model."""
+    spec = SPECS[mode]
+    first = images[: spec.images]
+    return whitening_weights(first, kernel_size=spec.kernel_size, eps=spec.eps, negated=spec.negated)
+
+
 class Whitening(nn.Module):
     """The fixed whitening conv of ``mode`` (``patch2`` | ``patch3``): 3 channels in, ``spec.out_channels`` out.
 
@@ -116,9 +125,7 @@ class Whitening(nn.Module):
     @torch.no_grad()
     def fit(self, images: torch.Tensor) -> None:
         """Fit the filters to the first ``spec.images`` of ``images`` (normalised float (N, 3, H, W))."""
-        spec = self.spec
-        first = images[: spec.images]
-        self.weight.copy_(whitening_weights(first, kernel_size=spec.kernel_size, eps=spec.eps, negated=spec.negated))
+        self.weight.copy_(fitted_weights(self.mode, images))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, padding=self.spec.padding)

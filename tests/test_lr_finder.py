@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.config import Config
+from pipelines.config import Config, ModelConfig
 from pipelines.data import Splits, load_splits
 from pipelines.errors import UserError
 from pipelines.lr_finder import LRFinderResult, lr_range_test, steepest, suggest, valley
@@ -100,7 +100,7 @@ def test_range_test_stops_early_when_the_loss_blows_up(config: Config, splits: S
 
 
 def test_range_test_leaves_a_passed_model_as_it_was(config: Config, splits: Splits) -> None:
-    model = ResNet9(num_classes=3, width=0.125)
+    model = ResNet9(ModelConfig(width=0.125), num_classes=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lr_range_test(config, num_iter=10, splits=splits, model=model)
     after = model.state_dict()

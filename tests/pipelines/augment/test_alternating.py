@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.augment import AlternatingFlip
+from pipelines.augment import AlternatingFlip, BatchAugment
 
 N = 64  # training images
 
@@ -55,3 +55,12 @@ def test_the_first_epoch_coins_come_from_the_generator() -> None:
     c = AlternatingFlip.draw(N, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a.first, b.first) and not torch.equal(a.first, c.first)
     assert not AlternatingFlip.draw(N, p=0.0, generator=torch.Generator()).first.any()
+
+
+def test_the_batched_flip_follows_the_mask_it_is_given() -> None:
+    augment = BatchAugment.from_ops([{"name": "HorizontalFlip", "p": 0.5}])
+    images = torch.randint(0, 256, (6, 3, 4, 5), dtype=torch.uint8)
+    mask = torch.tensor([True, False, False, True, True, False])
+    out = augment(images, generator=torch.Generator().manual_seed(0), flips=mask)
+    assert torch.equal(out, torch.where(mask[:, None, None, None], images.flip(-1), images))
+    assert augment.horizontal_flip_p == 0.5
