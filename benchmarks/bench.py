@@ -40,6 +40,8 @@ from benchmarks.concurrency import run_concurrency, worker_main  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
     CPU_PEAK_SIZE,
     CUDA_PEAK_SIZE,
+    RESULTS_DIR,
+    default_data,
     device_info,
     measure_peak,
     slug,
@@ -55,9 +57,6 @@ from sweeper.overrides import resolve_config  # noqa: E402
 
 __all__ = ["FLOP_PER_TRAIN_IMAGE", "VARIANTS", "bench", "format_table", "main", "measure_peak"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"  # the workplace's JPEG copy of CIFAR-10
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 VARIANTS = ("baseline", "fast")
 SCHEMA = 1  # bump when the JSON's fields change meaning
 
@@ -83,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.bench",
         description="Time the notebook-style baseline against the trainer's fast path on the same data.",
     )
-    default_data = str(SHARED_DATA) if SHARED_DATA.exists() else "cifar10"
+    data = default_data()
     add = parser.add_argument
-    add("--data", default=default_data, help=f"data source (default: {default_data})")
+    add("--data", default=data, help=f"data source (default: {data})")
     add("--cache-dir", default=None, help="decoded-image cache (default: $SWEEPER_CACHE_DIR, else data.cache_dir)")
     add("--config", type=Path, default=None, help="YAML config to start from (default: the recipe)")
     add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override")

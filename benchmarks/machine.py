@@ -1,4 +1,5 @@
-"""What a benchmark ran on: the device and its software, the CPU's model, the device's matmul peak.
+"""What a benchmark ran on: the device and its software, the CPU's model, the device's matmul peak; and where
+benchmarks find their data and leave their results.
 
 Shared by every benchmark here, so each result names its machine the same way.
 """
@@ -14,6 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"  # the workplace's JPEG copy of CIFAR-10
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+def default_data() -> str:
+    """The shared JPEG copy of CIFAR-10 when it is there, else the official set (downloaded)."""
+    return str(SHARED_DATA) if SHARED_DATA.exists() else "cifar10"
+
 
 # Peak: one square matmul timed repeatedly; the best repetition is the peak (the issue's 8192^3 bf16 on CUDA).
 CUDA_PEAK_SIZE = 8192  # issue; 1.1 TFLOP per matmul: ~1-2 ms at an H100's bf16 rate (spec, not measured here)

@@ -19,14 +19,11 @@ from typing import Any
 import optuna
 import torch
 
-from benchmarks.machine import cpu_model
+from benchmarks.machine import RESULTS_DIR, cpu_model, default_data
 from pipelines.config import Config
 from pipelines.data import Splits, load_splits
 from pipelines.train import check_data
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SCHEMA = 1
 
 
@@ -34,7 +31,7 @@ def add_scale_args(
     parser: argparse.ArgumentParser, *, train_limit: int, val_size: int, width: float, batch_size: int
 ) -> None:
     """The data, model and output options every study benchmark takes (--epochs is each one's own)."""
-    parser.add_argument("--data", default=str(SHARED_DATA) if SHARED_DATA.exists() else "cifar10")
+    parser.add_argument("--data", default=default_data())
     parser.add_argument("--train-limit", type=int, default=train_limit)
     parser.add_argument("--val-size", type=int, default=val_size)
     parser.add_argument("--test-limit", type=int, default=val_size)
@@ -50,6 +47,14 @@ def load_scale(args: argparse.Namespace, *, epochs: int) -> tuple[Config, Splits
     Optuna's and the libraries' logs quieted to warnings."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.basicConfig(level=logging.WARNING)
+    config = Config().with_overrides(scale_overrides(args, epochs=epochs))
+    splits = load_splits(config.data)
+    check_data(config, splits)
+    return config, splits
+
+
+def scale_overrides(args: argparse.Namespace, *, epochs: int) -> dict[str, Any]:
+    """The options of :func:`add_scale_args` (and ``epochs``) as config overrides (dotted keys)."""
     overrides = {
         "data.path": args.data, "data.train_limit": args.train_limit, "data.val_size": args.val_size,
         "data.test_limit": args.test_limit, "model.width": args.width, "train.epochs": epochs,
@@ -57,10 +62,7 @@ def load_scale(args: argparse.Namespace, *, epochs: int) -> tuple[Config, Splits
     }  # fmt: skip
     if args.cache_dir:
         overrides["data.cache_dir"] = args.cache_dir
-    config = Config().with_overrides(overrides)
-    splits = load_splits(config.data)
-    check_data(config, splits)
-    return config, splits
+    return overrides
 
 
 def result_name(prefix: str) -> tuple[str, datetime.datetime]:

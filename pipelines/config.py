@@ -26,6 +26,10 @@ WARMUPS = ("constant", "linear", "exponential")
 LR_SCALINGS = ("none", "linear", "sqrt")
 ANNEALS = ("linear", "cos")
 DEVICES = ("auto", "cpu", "cuda")
+ACTIVATIONS = ("relu", "celu", "gelu")  # the recipe's; Myrtle.ai part 8's; airbench's
+BN_WEIGHTS = ("learned", "frozen")  # batch-norm scales trained, or fixed at 1 (Myrtle.ai part 8, airbench)
+WHITENINGS = ("none", "patch2", "patch3")  # fixed first-layer whitening: airbench's 2x2 patches, Myrtle's 3x3
+TTAS = ("none", "flip", "flip_shift")  # test-time views: the image; + its mirror; + both shifted by 1 px (airbench)
 
 # Scientific notation without a dot or an exponent sign (1e-3, 5E4, 1.5e3): floats in YAML 1.2, strings in
 # PyYAML's YAML 1.1 resolver, which would reject "lr: 1e-3" as "must be a number, got '1e-3'".
@@ -101,9 +105,34 @@ class ModelConfig:
     """The custom ResNet-9."""
 
     width: float = 1.0  # multiplier on every channel width (64, 128, 256, 512); 0.25 for quick CPU runs
+    activation: str = "relu"  # relu | celu | gelu (after every batch norm)
+    # CELU's alpha (dimensionless): 0.075 is Myrtle.ai part 8's with learned BN scales; with model.bn_weight frozen
+    # its new_dawn.py uses 4x that, 0.3 (the scales it replaces settle near 1/4)
+    celu_alpha: float = 0.075
+    # images per ghost batch: batch-norm statistics per chunk of this many images while training (Myrtle.ai part 8:
+    # 32 of 512); 0: off (one batch, one set of statistics); must divide train.batch_size
+    ghost_batch: int = 0
+    bn_weight: str = "learned"  # learned | frozen: every batch-norm scale fixed at 1 (Myrtle.ai part 8, airbench)
+    # none | patch2 | patch3: a fixed first conv whitening 2x2 (airbench: 24 channels, the 12 filters and their
+    # negations) or 3x3 (Myrtle.ai part 8: 27 channels) patches, fitted to the first training images
+    whiten: str = "none"
 
     def __post_init__(self) -> None:
         _require(self.width > 0 and math.isfinite(self.width), f"model.width must be > 0, got {self.width}")
+        _require(
+            self.activation in ACTIVATIONS,
+            f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}",
+        )
+        _require(
+            self.celu_alpha > 0 and math.isfinite(self.celu_alpha),
+            f"model.celu_alpha must be > 0 and finite, got {self.celu_alpha}",
+        )
+        _require(self.ghost_batch >= 0, f"model.ghost_batch must be >= 0 images (0: off), got {self.ghost_batch}")
+        _require(
+            self.bn_weight in BN_WEIGHTS,
+            f"model.bn_weight must be one of {', '.join(BN_WEIGHTS)}, got {self.bn_weight!r}",
+        )
+        _require(self.whiten in WHITENINGS, f"model.whiten must be one of {', '.join(WHITENINGS)}, got {self.whiten!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,12 +141,21 @@ class AugmentConfig:
 
     ops: tuple[dict[str, Any], ...] = field(default_factory=recipe_augment)
     normalize: bool = True  # subtract the training set's channel mean, divide by its std (on the device)
+    # airbench's derandomised flip: the HorizontalFlip op flips each image on alternate epochs (epoch 0: each with
+    # the op's p), instead of drawing anew every epoch; needs the batched (device) augmentation
+    alternating_flip: bool = False
 
     def __post_init__(self) -> None:
         ops = tuple(dict(op) for op in self.ops)
         for i, op in enumerate(ops):
             _require(isinstance(op.get("name"), str), f"augment.ops[{i}] needs a 'name' (an albumentations transform)")
         object.__setattr__(self, "ops", ops)
+        flips = sum(op["name"] == "HorizontalFlip" for op in ops)
+        _require(
+            not self.alternating_flip or flips == 1,
+            f"augment.alternating_flip needs exactly one HorizontalFlip in augment.ops (the op whose flips it "
+            f"alternates), got {flips}",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,6 +227,10 @@ class OptimConfig:
     weight_decay: float = 5e-4  # L2, coupled (torch SGD's weight_decay)
     nesterov: bool = True
     label_smoothing: float = 0.0
+    # batch-norm biases' LR and weight decay, as multiples of the others' (dimensionless). Myrtle.ai part 8 (BN
+    # scales frozen): 16 and 1/16; airbench94: 64 and 1/64 (its decoupled decay lr * wd unchanged)
+    bn_bias_lr_scale: float = 1.0
+    bn_bias_decay_scale: float = 1.0
     lr_scaling: str = "none"  # none | linear | sqrt: the LR trained with is lr * (B / reference_batch_size)^(1 or 1/2)
     reference_batch_size: int = 512  # the batch size optim.lr is meant for (the recipe's)
 
@@ -205,6 +247,14 @@ class OptimConfig:
         _require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         _require(0 <= self.label_smoothing < 1, f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _require(not self.nesterov or self.momentum > 0, "optim.nesterov needs optim.momentum > 0")
+        _require(
+            self.bn_bias_lr_scale > 0 and math.isfinite(self.bn_bias_lr_scale),
+            f"optim.bn_bias_lr_scale must be > 0 and finite, got {self.bn_bias_lr_scale}",
+        )
+        _require(
+            self.bn_bias_decay_scale >= 0 and math.isfinite(self.bn_bias_decay_scale),
+            f"optim.bn_bias_decay_scale must be >= 0 and finite, got {self.bn_bias_decay_scale}",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,6 +273,11 @@ class TrainConfig:
     cuda_graph: bool = False
     eval_every: int = 1  # evaluate the validation split (else the test set) every N epochs; the last always
     test_every: int | None = None  # the test set every N epochs (the last always); unset: as eval_every
+    # evaluate with an exponential moving average of the weights (batch-norm statistics included): its momentum
+    # per step (Myrtle.ai part 8: 0.99), applied as momentum ** ema_every every ema_every steps; 0: off
+    ema: float = 0.0
+    ema_every: int = 5  # steps between EMA updates (Myrtle.ai part 8: 5)
+    tta: str = "none"  # none | flip | flip_shift: test-time views averaged in the logits (airbench94's tta_level)
     out_dir: str = "runs/train"
     save_model: bool = True
 
@@ -236,6 +291,11 @@ class TrainConfig:
             f"train.test_every must be >= 1 (epochs), got {self.test_every}",
         )
         _require(self.device in DEVICES, f"train.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _require(
+            self.ema == 0 or 0 < self.ema < 1, f"train.ema must be 0 (off) or a momentum in (0, 1), got {self.ema}"
+        )
+        _require(self.ema_every >= 1, f"train.ema_every must be >= 1 (steps), got {self.ema_every}")
+        _require(self.tta in TTAS, f"train.tta must be one of {', '.join(TTAS)}, got {self.tta!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,6 +312,11 @@ class Config:
     def __post_init__(self) -> None:
         sched, epochs = self.schedule, self.train.epochs
         peak = sched.peak_epoch
+        ghost, batch = self.model.ghost_batch, self.train.batch_size
+        _require(
+            ghost == 0 or batch % ghost == 0,
+            f"model.ghost_batch must divide train.batch_size ({batch}), got {ghost}",
+        )
         _require(
             peak is None or peak <= epochs,
             f"schedule.peak_epoch must be <= train.epochs ({epochs}), got {peak}",
@@ -354,9 +419,36 @@ class Config:
         return Config.from_dict(raw)
 
 
+# The bag of tricks' switches (Myrtle.ai part 8, airbench), all off by default: the README's recipe section lists
+# them; runs record the ones set (sweeper's MLflow params).
+TRICK_KEYS = (
+    "model.activation",
+    "model.celu_alpha",
+    "model.ghost_batch",
+    "model.bn_weight",
+    "model.whiten",
+    "optim.bn_bias_lr_scale",
+    "optim.bn_bias_decay_scale",
+    "train.ema",
+    "train.ema_every",
+    "train.tta",
+    "augment.alternating_flip",
+)
+
+
+def tricks_set(config: Config) -> dict[str, Any]:
+    """The trick switches (:data:`TRICK_KEYS`) that ``config`` sets away from their defaults: dotted key -> value."""
+    values, defaults = _flat(config.to_dict()), _flat(Config().to_dict())
+    return {key: values[key] for key in TRICK_KEYS if values[key] != defaults[key]}
+
+
+def _flat(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
+
+
 def config_keys() -> list[str]:
     """Every dotted key of the config, e.g. ``optim.lr``."""
-    return [f"{section}.{key}" for section, values in Config().to_dict().items() for key in values]
+    return list(_flat(Config().to_dict()))
 
 
 def _require(ok: bool, message: str) -> None:

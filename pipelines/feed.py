@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from pipelines.augment import BatchAugment, SampleDataset, fit_to_size
+from pipelines.augment import AlternatingFlip, BatchAugment, SampleDataset, fit_to_size
 from pipelines.config import Config
 from pipelines.data import ImageSet, Splits
 from pipelines.reuse import RunCache
@@ -38,9 +38,14 @@ class Feeder:
         self.scale, self.shift = data.scale, data.shift
         self.generator = torch.Generator(device=device).manual_seed(config.train.seed)
         self.test, self.val = data.test, data.val
+        self.epoch = 0  # epochs drawn so far by raw_epoch
+        self.alternating: AlternatingFlip | None = None
         if self.augment is not None:
             self.train = data.train
             self.loader = None
+            if config.augment.alternating_flip:  # epoch 0's coins, once per run, with HorizontalFlip's p
+                p = self.augment.horizontal_flip_p
+                self.alternating = AlternatingFlip.draw(len(self.train), p=p, generator=self.generator)
         else:
             log.info("augmentation has ops the device path lacks: running it per sample in DataLoader workers")
             self.train = None
@@ -56,8 +61,10 @@ class Feeder:
         device, to be normalised by :meth:`normalize` inside the step (a captured step does it in its graph).
 
         B is train.batch_size; the last partial batch is dropped. Each call draws a new order and new
-        augmentations; the sequence over calls is fixed by train.seed.
+        augmentations; the sequence over calls is fixed by train.seed. With augment.alternating_flip, HorizontalFlip
+        mirrors the images it did not mirror the epoch before (:class:`~pipelines.augment.AlternatingFlip`).
         """
+        assert self.loader is None or not self.config.augment.alternating_flip  # check_data refuses it
         if self.loader is not None:
             for images, labels in self.loader:
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
@@ -65,8 +72,10 @@ class Feeder:
         assert self.train is not None and self.augment is not None
         n = len(self.train)
         order = torch.randperm(n, device=self.device, generator=self.generator)
+        flips = self.alternating.mask(order, self.epoch) if self.alternating is not None else None
+        self.epoch += 1
         # The whole epoch augmented in one batched call: a few kernels instead of one per image.
-        images = self.augment(self.train.images[order], generator=self.generator)
+        images = self.augment(self.train.images[order], generator=self.generator, flips=flips)
         labels = self.train.labels[order]
         for start in range(0, n - self.batch + 1, self.batch):
             yield images[start : start + self.batch], labels[start : start + self.batch]

@@ -97,8 +97,7 @@ def lr_range_test(
     torch.manual_seed(config.train.seed)
     cache = cache or RunCache()
     if model is None:
-        size = tuple(splits.train.images.shape[1:3])
-        built = cache.model(config, num_classes=len(splits.classes), device=device, image_size=size)
+        built = cache.model(config, splits, device)
         module, runner = built.module, built.runner
     else:
         module = runner = model
@@ -138,7 +137,7 @@ def _sweep(
     curve = ScheduleCurve(tuple(float(lr) for lr in plan), momenta, steps_per_epoch=len(plan))
     criterion = nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
     feeder = Feeder(config, splits, device, cache)
-    step_fn = TorchStep(config, module, runner, criterion, curve, feeder.normalize, device)
+    step_fn = TorchStep(config, module, runner, criterion, curve, feeder.normalize, device)  # config's param groups
     lrs: list[float] = []
     smoothed: list[float] = []
     avg, best = 0.0, math.inf

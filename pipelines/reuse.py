@@ -2,8 +2,8 @@
 
 The trials of a worker, the seeds of a replay and the runs of a range test share a :class:`RunCache`: the model
 is built and compiled once and re-initialised in place for each run (so ``torch.compile`` happens once per shape),
-and the uint8 splits are uploaded once, with their channel statistics computed once, for as long as the runs use
-the same data.
+and the uint8 splits are uploaded once, with their channel statistics (and the whitening layer's filters, when
+model.whiten asks for one) computed once, for as long as the runs use the same data.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from torch import nn
 
 from pipelines.config import Config
 from pipelines.data import Splits
-from pipelines.model import build_model, reset_parameters
+from pipelines.model import ResNet9, build_model, reset_parameters
 from pipelines.step import autocast
+from pipelines.whitening import SPECS, fitted_weights
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Model:
     ``compile_seconds``: the compile this run paid for (warm-up passes of a freshly compiled model), else 0.
     """
 
-    module: nn.Module
+    module: ResNet9
     runner: nn.Module
     compiled: bool
     compile_seconds: float = 0.0
@@ -75,6 +76,7 @@ class RunCache:
         self._data_key: tuple | None = None
         self._data: DeviceData | None = None
         self._splits: Splits | None = None  # held so the id in the key cannot be reused by another object
+        self._whitening: dict[str, torch.Tensor] = {}  # model.whiten mode -> its filters, for the data above
 
     def compiles(self, config: Config, device: torch.device) -> bool:
         """Whether runs of ``config`` on ``device`` use the compiled model."""
@@ -82,13 +84,16 @@ class RunCache:
             return config.train.compile
         return self.compile_on_cuda and device.type == "cuda"
 
-    def model(self, config: Config, *, num_classes: int, device: torch.device, image_size: tuple[int, int]) -> Model:
-        """The model for ``config``, re-initialised from train.seed; built (and compiled, warmed up) when new."""
+    def model(self, config: Config, splits: Splits, device: torch.device) -> Model:
+        """The model for ``config`` on ``splits``' classes and image size, re-initialised from train.seed (and its
+        whitening layer, model.whiten, set from ``splits``' training images); built (compiled, warmed up) when new."""
         compile_ = self.compiles(config, device) and not config.train.cuda_graph  # the graph runs the eager module
+        num_classes, image_size = len(splits.classes), tuple(splits.train.images.shape[1:3])
         key = (config.model, num_classes, str(device), compile_)  # the whole model config: any model.* key counts
         if key != self._model_key:  # keep one: a space that searches model.width must not pile models on the GPU
             self._model = self._model_key = None
             self._warmed.clear()
+            # model.bn_weight frozen: frozen in the constructor, before torch.compile (its graph guards on it)
             module = build_model(config.model, num_classes=num_classes).to(device)
             if device.type == "cuda":
                 module = module.to(memory_format=torch.channels_last)  # NHWC convs are faster on tensor cores
@@ -97,18 +102,34 @@ class RunCache:
         assert self._model is not None
         module, runner = self._model.module, self._model.runner
         seconds = 0.0
-        shapes = (config.train.batch_size, config.train.eval_batch_size, tuple(image_size))
+        shapes = (config.train.batch_size, config.train.eval_batch_size, image_size)
         if compile_ and shapes not in self._warmed:  # new shapes (a searched batch size): compiled now, timed
             seconds = _warm_up(module, runner, config, device, image_size)
             self._warmed.add(shapes)
         reset_parameters(module, seed=config.train.seed)  # BN running statistics included
+        if module.whiten is not None:  # in place: a compiled model or a captured graph reads the same memory
+            with torch.no_grad():
+                module.whiten.weight.copy_(self.whitening(config, splits, device))
         return Model(module, runner, compile_, seconds)
+
+    def whitening(self, config: Config, splits: Splits, device: torch.device) -> torch.Tensor:
+        """model.whiten's filters fitted to ``splits``' first training images, normalised as training normalises
+        them: computed once per data set (kept as long as :meth:`data` keeps the upload) and mode."""
+        data = self.data(config, splits, device, train_on_device=False)
+        mode = config.model.whiten
+        if mode not in self._whitening:
+            first = splits.train.images[: SPECS[mode].images]  # uint8 (N, H, W, 3) on the host
+            images = torch.from_numpy(np.ascontiguousarray(first)).to(device).permute(0, 3, 1, 2)
+            self._whitening[mode] = fitted_weights(mode, images.float() * data.scale + data.shift)
+            log.info("fitted the %s whitening to %d training images", mode, len(first))
+        return self._whitening[mode]
 
     def data(self, config: Config, splits: Splits, device: torch.device, *, train_on_device: bool) -> DeviceData:
         """``splits`` on ``device``, uploaded once for as long as runs pass the same splits object."""
         key = (id(splits), str(device), config.augment.normalize)
         if key != self._data_key:
             self._data = self._data_key = None  # free the old upload before the new one
+            self._whitening.clear()  # fitted to the old training images
             self._data = _upload(config, splits, device, train_on_device=train_on_device)
             self._data_key, self._splits = key, splits
         assert self._data is not None

@@ -5,8 +5,9 @@ Why not torch's SGD inside the graph: it takes the LR as a tensor but the moment
 captured graph would freeze, and the recipe may cycle both. So the step reads the LR and the momentum of the
 current step from the precomputed curve, at a step index that lives on the device and advances inside the graph,
 and updates the weights with torch.optim.SGD's arithmetic (weight decay, momentum buffer, Nesterov) in foreach
-kernels, as SGD's own foreach path does. Normalisation, forward, loss, backward, update and the epoch's metric
-sums are all inside; the host only copies the next uint8 batch in and replays.
+kernels, as SGD's own foreach path does, param group by param group (batch-norm biases' own LR and decay
+scales). Normalisation, forward, loss, backward, update and the epoch's metric sums are all inside; the host only
+copies the next uint8 batch in and replays. EMA updates (train.ema) run outside it, after each replay.
 
 On the CPU (no graphs) the same function runs step by step: that is what the equivalence test compares with the
 torch.optim.SGD loop.
@@ -17,11 +18,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from pipelines.config import Config
+from pipelines.layers import param_groups
 from pipelines.schedules import ScheduleCurve
 
 log = logging.getLogger(__name__)
@@ -69,20 +73,20 @@ class TorchStep(_Summing):
         self.lrs = list(curve.lrs)
         self.momenta = curve.momenta if curve.cycles_momentum else None  # decided once, not per step
         self.optimizer = torch.optim.SGD(
-            model.parameters(),
+            sgd_groups(model, config),
             lr=curve.lrs[0],
             momentum=curve.momenta[0],
             nesterov=config.optim.nesterov,
             weight_decay=config.optim.weight_decay,
             fused=device.type == "cuda",  # one kernel for the whole update
         )
-        self.group = self.optimizer.param_groups[0]
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> torch.Tensor:
         """One step at step ``step``'s LR; returns its loss (0-d, detached, on the device: reading it syncs)."""
-        self.group["lr"] = self.lrs[step]  # a float the optimizer reads: no scheduler in the loop
-        if self.momenta is not None:
-            self.group["momentum"] = self.momenta[step]
+        for group in self.optimizer.param_groups:  # one group, or two with batch-norm biases' own LR
+            group["lr"] = self.lrs[step] * group["lr_scale"]  # a float the optimizer reads: no scheduler in the loop
+            if self.momenta is not None:
+                group["momentum"] = self.momenta[step]
         with autocast(self.device):
             logits = self.runner(self.normalize(images))
             loss = self.criterion(logits, labels)
@@ -96,10 +100,23 @@ class TorchStep(_Summing):
         self.lrs = list(lrs)
 
 
+@dataclass(frozen=True)
+class _Group:
+    """One SGD param group of :class:`CurveStep`: ``params[start:end]`` and their momentum buffers, with the
+    group's coupled weight decay and the factor on the LR curve (:func:`pipelines.layers.param_groups`)."""
+
+    start: int
+    end: int
+    weight_decay: float
+    lr_scale: float
+
+
 class CurveStep(_Summing):
     """normalize -> forward -> loss -> backward -> SGD -> metric sums, with LR and momentum indexed on the device.
 
-    Called with the step number for TorchStep's interface; it ignores it: its own index lives on the device.
+    ``groups``: torch SGD param groups as :func:`sgd_groups` makes them (``params``, ``weight_decay``,
+    ``lr_scale``); each is updated with its own decay and its LR times its scale. Called with the step number for
+    TorchStep's interface; it ignores it: its own index lives on the device.
     """
 
     capture_seconds = 0.0
@@ -108,9 +125,9 @@ class CurveStep(_Summing):
         self,
         module: nn.Module,
         *,
+        groups: Sequence[dict[str, Any]],
         lrs: Sequence[float],
         momenta: Sequence[float],
-        weight_decay: float,
         nesterov: bool,
         criterion: nn.Module,
         normalize: Callable[[torch.Tensor], torch.Tensor],
@@ -118,8 +135,13 @@ class CurveStep(_Summing):
     ) -> None:
         super().__init__(device)
         self.module, self.criterion, self.normalize, self.device = module, criterion, normalize, device
-        self.weight_decay, self.nesterov = weight_decay, nesterov
-        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.nesterov = nesterov
+        self.params = [p for group in groups for p in group["params"]]
+        self.groups: list[_Group] = []
+        for group in groups:
+            start = self.groups[-1].end if self.groups else 0
+            end = start + len(group["params"])
+            self.groups.append(_Group(start, end, float(group["weight_decay"]), float(group["lr_scale"])))
         self.momentum_buffers = [torch.zeros_like(p) for p in self.params]  # == torch's first-step clone
         self.lrs = torch.tensor(list(lrs), dtype=torch.float32, device=device)
         self.momenta = torch.tensor(list(momenta), dtype=torch.float32, device=device)
@@ -141,16 +163,17 @@ class CurveStep(_Summing):
             loss = self.criterion(logits, labels)
         grads = torch.autograd.grad(loss, self.params)
         with torch.no_grad():
-            update = list(grads)
-            if self.weight_decay:
-                update = torch._foreach_add(update, self.params, alpha=self.weight_decay)
-            torch._foreach_mul_(self.momentum_buffers, momentum)
-            torch._foreach_add_(self.momentum_buffers, update)
-            if self.nesterov:
-                update = torch._foreach_add(update, torch._foreach_mul(self.momentum_buffers, momentum))
-            else:
-                update = self.momentum_buffers
-            torch._foreach_add_(self.params, torch._foreach_mul(update, -lr))
+            for group in self.groups:  # torch.optim.SGD's arithmetic, group by group
+                params = self.params[group.start : group.end]
+                buffers = self.momentum_buffers[group.start : group.end]
+                update = list(grads[group.start : group.end])
+                if group.weight_decay:
+                    update = torch._foreach_add(update, params, alpha=group.weight_decay)
+                torch._foreach_mul_(buffers, momentum)
+                torch._foreach_add_(buffers, update)
+                update = torch._foreach_add(update, torch._foreach_mul(buffers, momentum)) if self.nesterov else buffers
+                step_lr = lr if group.lr_scale == 1 else lr * group.lr_scale
+                torch._foreach_add_(params, torch._foreach_mul(update, -step_lr))
             self._add_sums(loss, logits, labels)
             self.index += 1
 
@@ -217,9 +240,9 @@ def train_step(
         return TorchStep(config, model, runner, criterion, curve, normalize, device)
     step = CurveStep(
         model,
+        groups=sgd_groups(model, config),
         lrs=curve.lrs,
         momenta=curve.momenta,
-        weight_decay=config.optim.weight_decay,
         nesterov=config.optim.nesterov,
         criterion=criterion,
         normalize=normalize,
@@ -229,6 +252,18 @@ def train_step(
         log.info("train.cuda_graph without CUDA: the step runs uncaptured")
         return step
     return GraphStep(step)
+
+
+def sgd_groups(model: nn.Module, config: Config) -> list[dict[str, Any]]:
+    """The model's trainable parameters as SGD param groups: one (the recipe), or batch-norm biases apart with
+    optim.bn_bias_lr_scale and optim.bn_bias_decay_scale (:func:`pipelines.layers.param_groups`)."""
+    optim = config.optim
+    return param_groups(
+        model,
+        weight_decay=optim.weight_decay,
+        bn_bias_lr_scale=optim.bn_bias_lr_scale,
+        bn_bias_decay_scale=optim.bn_bias_decay_scale,
+    )
 
 
 def _snapshot(step: CurveStep) -> list[torch.Tensor]:

@@ -6,16 +6,20 @@ augmented a whole epoch at a time); losses and correct counts are summed on the 
 scheduler in the loop; plateau's cuts are decided at epoch ends, from the one host read); evaluation every
 train.eval_every / test_every epochs, in batches of one shape. Models and device data come from a
 :class:`~pipelines.reuse.RunCache`; what a run writes to train.out_dir is :mod:`pipelines.outputs`.
+
+Evaluation tricks (train.ema, train.tta): with an EMA every evaluation, and the saved model, use the averaged
+weights (batch-norm statistics averaged too, as Myrtle.ai's); test-time views are averaged in the logits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +28,11 @@ import torch
 from torch import nn
 
 from pipelines import outputs
-from pipelines.augment import build_albumentations, fit_to_size
+from pipelines.augment import BatchAugment, build_albumentations, fit_to_size
 from pipelines.callbacks import Callback, CallbackList, EpochMetrics
 from pipelines.config import MIN_IMAGE_SIZE, Config
 from pipelines.data import Splits, load_splits
+from pipelines.ema import EMA
 from pipelines.errors import UserError, one_line
 from pipelines.feed import Feeder
 from pipelines.model import count_parameters
@@ -36,6 +41,8 @@ from pipelines.result import Result
 from pipelines.reuse import DeviceSet, RunCache
 from pipelines.schedules import Plateau, schedule_curve
 from pipelines.step import autocast, train_step
+from pipelines.tta import tta_logits
+from pipelines.whitening import SPECS
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +63,22 @@ def check_data(config: Config, splits: Splits) -> None:
         )
     resolve_device(config.train.device)
     height, width = splits.train.images.shape[1:3]
-    if min(height, width) < MIN_IMAGE_SIZE:
+    smallest = MIN_IMAGE_SIZE
+    if config.model.whiten != "none":  # an unpadded whitening conv takes k - 1 - 2 * padding pixels off each side
+        spec = SPECS[config.model.whiten]
+        smallest += spec.kernel_size - 1 - 2 * spec.padding
+    if min(height, width) < smallest:
         raise UserError(
-            f"the images are {width}x{height}; the network needs at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}: "
+            f"the images are {width}x{height}; the network needs at least {smallest}x{smallest}: "
             f"set data.image_size to resize them"
         )
-    _check_augment(fit_to_size(config.augment.ops, height, width), height, width)
+    ops = fit_to_size(config.augment.ops, height, width)
+    _check_augment(ops, height, width)
+    if config.augment.alternating_flip and BatchAugment.from_ops(ops) is None:
+        raise UserError(
+            "augment.alternating_flip needs the batched (device) augmentation, but augment.ops has an op without "
+            "a batched version: drop that op or set augment.alternating_flip=false"
+        )
 
 
 def _check_augment(ops: tuple[dict, ...], height: int, width: int) -> None:
@@ -128,8 +145,10 @@ class _Training:
         torch.manual_seed(config.train.seed)
         self.config, self.splits, self.device, self.cb = config, splits, device, cb
         self.steps_per_epoch = len(splits.train) // config.train.batch_size  # the last partial batch is dropped
-        size = tuple(splits.train.images.shape[1:3])
-        self.built = cache.model(config, num_classes=len(splits.classes), device=device, image_size=size)
+        self.built = cache.model(config, splits, device)  # re-initialised, its whitening layer (if any) fitted
+        train = config.train
+        # the average starts from the weights just initialised (Myrtle's deepcopy of the fresh model)
+        self.ema = EMA(self.built.module, momentum=train.ema, every=train.ema_every) if train.ema else None
         self.curve = schedule_curve(config, steps_per_epoch=self.steps_per_epoch)  # every step's LR, ahead of time
         self.plateau = Plateau(config) if self.curve.adaptive else None
         self.scale = 1.0  # plateau's cuts so far, a factor on the planned LR
@@ -141,7 +160,7 @@ class _Training:
         )
         self.evaluate = functools.partial(
             _evaluate, self.built.runner, self.built.module, normalize=self.feeder.normalize,
-            batch=config.train.eval_batch_size, pad=self.built.compiled,
+            batch=config.train.eval_batch_size, pad=self.built.compiled, tta=config.train.tta,
         )  # fmt: skip
         self.history: list[EpochMetrics] = []
         self.status, self.reason = "complete", None
@@ -177,10 +196,11 @@ class _Training:
         has_val = self.feeder.val is not None
         # a diverged epoch ends the run: it is evaluated as every last epoch is
         val_due, test_due = _due(self.config, epoch, has_val=has_val, ends=not math.isfinite(train_loss))
-        test = self.evaluate(self.feeder.test, keep_predictions=True) if test_due else None
+        with self.evaluated_weights():
+            test = self.evaluate(self.feeder.test, keep_predictions=True) if test_due else None
+            val = self.evaluate(self.feeder.val) if val_due and has_val else None
         if test is not None:
             self.test_predictions = test.predictions
-        val = self.evaluate(self.feeder.val) if val_due and has_val else None
         epoch_eval = _now(self.device) - t1
         self.eval_seconds += epoch_eval
         metrics = EpochMetrics(
@@ -205,6 +225,8 @@ class _Training:
         seen = 0
         for x, y in self.feeder.raw_epoch():
             self.step_fn(x, y, self.step)
+            if self.ema is not None:
+                self.ema.update(self.step)  # outside the captured step: a few foreach kernels every ema_every steps
             seen += y.shape[0]
             self.cb.on_step(self.step, self.lrs[self.step])
             self.step += 1
@@ -222,6 +244,12 @@ class _Training:
             self.scale = new_scale
             self.lrs[self.step :] = [lr * new_scale for lr in self.curve.lrs[self.step :]]
             self.step_fn.set_lrs(self.lrs)
+
+    @contextlib.contextmanager
+    def evaluated_weights(self) -> Iterator[None]:
+        """The weights evaluations see: the EMA's (train.ema), else the trained ones."""
+        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
+            yield
 
     def result(self, *, out_dir: Path | None) -> Result:
         return Result(
@@ -241,12 +269,14 @@ class _Training:
         )
 
     def write(self, result: Result) -> dict[str, Path]:
-        """The run's files in train.out_dir (:mod:`pipelines.outputs`); name -> path."""
-        predictions = self.test_predictions
-        if predictions is None:  # a run stopped before its test set was due: predict now for the plots
-            predictions = self.evaluate(self.feeder.test, keep_predictions=True).predictions
+        """The run's files in train.out_dir (:mod:`pipelines.outputs`); name -> path. The model saved is the one
+        evaluated: with train.ema, the averaged weights."""
         module, test, momenta = self.built.module, self.feeder.test, self.curve.momenta
-        return outputs.write(self.config, result, module, test, predictions, momenta, self.cb)
+        with self.evaluated_weights():
+            predictions = self.test_predictions
+            if predictions is None:  # a run stopped before its test set was due: predict now for the plots
+                predictions = self.evaluate(self.feeder.test, keep_predictions=True).predictions
+            return outputs.write(self.config, result, module, test, predictions, momenta, self.cb)
 
 
 def _due(config: Config, epoch: int, *, has_val: bool, ends: bool = False) -> tuple[bool, bool]:
@@ -274,9 +304,11 @@ def _evaluate(
     normalize: Callable[[torch.Tensor], torch.Tensor],
     batch: int,
     pad: bool,
+    tta: str = "none",
     keep_predictions: bool = False,
 ) -> _Eval:
-    """Mean loss and accuracy over ``data`` (eval-mode BN); sums stay on the device until the end.
+    """Mean loss and accuracy over ``data`` (eval-mode BN); sums stay on the device until the end. ``tta``
+    (train.tta): the logits are those of :func:`~pipelines.tta.tta_logits`, averaged over its views.
 
     ``pad``: the last partial batch is padded to ``batch`` images, so a compiled model sees one shape only (no
     recompile for the remainder); the padding's outputs are dropped.
@@ -293,7 +325,7 @@ def _evaluate(
         if pad and n < batch:
             images = torch.cat([images, images.new_zeros((batch - n, *images.shape[1:]))])
         with autocast(device):
-            logits = runner(normalize(images))[:n]
+            logits = tta_logits(runner, normalize(images), tta)[:n]
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         pred = logits.argmax(1)
         correct += (pred == y).sum()

@@ -17,7 +17,7 @@ from pipelines.lr_finder import AccuracyRange, AccuracyRangeResult, accuracy_ran
 from pipelines.result import Result
 from sweeper import outcome, records
 from sweeper.outcome import Outcome
-from sweeper.space import optim_params
+from sweeper.space import run_params
 from sweeper.tracking import Tracker, TrialRun
 
 EXPERIMENT = "lr-find"  # the MLflow experiment of range tests run outside a study
@@ -44,7 +44,7 @@ def tracked_accuracy_range_test(
             parent,
             study=name,
             number=i,
-            params=optim_params(cfg),
+            params=run_params(cfg),
             role=records.ROLE_RANGE_POINT,
             run_name=f"{name}-lr-{cfg.optim.lr:g}",
         )

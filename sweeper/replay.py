@@ -21,7 +21,7 @@ from sweeper.interrupts import InterruptCheck
 from sweeper.outcome import Outcome
 from sweeper.overrides import resolve_config
 from sweeper.queries import best_trial, load_study
-from sweeper.space import optim_params
+from sweeper.space import run_params
 from sweeper.tracking import Tracker
 
 
@@ -160,7 +160,7 @@ def replay(
             source.parent_run_id or "",
             study=source.experiment,
             number=source.trial_number if source.trial_number is not None else -1,
-            params={**optim_params(cfg), "seed": seed},
+            params={**run_params(cfg), "seed": seed},
             tags=_tags(source, seed),
             role=records.ROLE_REPLAY,
             run_name=f"replay-{source.label}-seed-{seed}",

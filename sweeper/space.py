@@ -35,7 +35,7 @@ from typing import Any
 import optuna
 import yaml
 
-from pipelines.config import Config, config_keys, load_yaml
+from pipelines.config import Config, config_keys, load_yaml, tricks_set
 from pipelines.errors import UserError, one_line
 
 ALIASES = {"lr": "optim.lr", "momentum": "optim.momentum", "weight_decay": "optim.weight_decay"}
@@ -270,6 +270,13 @@ def optim_params(config: Config) -> dict[str, float]:
     if optim.lr_scaling != "none":
         params["lr_reference"] = optim.lr
     return params
+
+
+def run_params(config: Config) -> dict[str, Any]:
+    """What a trial, a replay seed and a range test's run log as MLflow params: :func:`optim_params`, and the trick
+    switches ``config`` sets away from their defaults (dotted keys; a switch not logged is off). A study logs the
+    keys its space searches as well, whatever value they draw."""
+    return {**optim_params(config), **tricks_set(config)}
 
 
 def load_space(spec: str | Path | None) -> Space:

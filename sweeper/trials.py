@@ -30,7 +30,7 @@ from sweeper.connections import WORKER_ENV
 from sweeper.interrupts import InterruptCheck
 from sweeper.objective import Objective, objective_value, objective_values
 from sweeper.outcome import Outcome
-from sweeper.space import Space, optim_params
+from sweeper.space import Space, run_params
 from sweeper.storage import StorageUnavailable
 from sweeper.study import StudyContext
 from sweeper.tracking import TrialRun
@@ -148,7 +148,7 @@ class TrialRunner:
             trial.set_user_attr(records.REASON, one_line(err, limit=500))
             log.warning("trial %d draws an invalid config: %s", trial.number, err)
             raise
-        params = {**optim_params(config), **overrides}
+        params = {**run_params(config), **overrides}
         tracked = ctx.tracker.trial_run(ctx.parent_run_id, study=ctx.opts.name, number=trial.number, params=params)
         self._open[trial.number] = _Open(trial, tracked)
         trial.set_user_attr(records.RUN_ID, tracked.run_id)

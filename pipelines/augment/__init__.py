@@ -10,13 +10,18 @@
   applied with one gather; cutout is a broadcast mask. No per-image Python.
 * :class:`SampleDataset` -- any other pipeline, per sample through albumentations (in DataLoader workers).
 
+:class:`AlternatingFlip` (``augment.alternating_flip``) decides which images the HorizontalFlip op mirrors from
+their identity and the epoch (airbench), instead of a fresh coin each epoch.
+
 ``BatchAugment.from_ops`` returns None when some op has no batched version; the caller then uses the other path.
 
-Modules: ``spec`` (ops -> albumentations), ``batched`` (the torch executor), ``sample`` (per sample).
+Modules: ``spec`` (ops -> albumentations), ``batched`` (the torch executor), ``sample`` (per sample),
+``alternating`` (the derandomised flip).
 """
 
+from pipelines.augment.alternating import AlternatingFlip
 from pipelines.augment.batched import BatchAugment
 from pipelines.augment.sample import SampleDataset
 from pipelines.augment.spec import build_albumentations, fit_to_size
 
-__all__ = ["BatchAugment", "SampleDataset", "build_albumentations", "fit_to_size"]
+__all__ = ["AlternatingFlip", "BatchAugment", "SampleDataset", "build_albumentations", "fit_to_size"]

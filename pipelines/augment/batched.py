@@ -35,12 +35,16 @@ class _Canvas:
 
     ``rows``/``cols`` are int64 ``(1 or N, H')``/``(1 or N, W')``. A negative entry ``-1 - j`` means "constant
     padding with fills[j]"; when both axes are constant the later pad (larger j) wins, as it painted over
-    the whole band. ``materialize`` does the single gather.
+    the whole band. ``materialize`` does the single gather. ``flips``: bool (N,), which images HorizontalFlip
+    mirrors (the alternating flip), or None: it draws its own coins.
     """
 
-    def __init__(self, images: torch.Tensor, generator: torch.Generator | None) -> None:
+    def __init__(
+        self, images: torch.Tensor, generator: torch.Generator | None, flips: torch.Tensor | None = None
+    ) -> None:
         self.x = images
         self.generator = generator
+        self.flips = flips
         self.device = images.device
         self.n = images.shape[0]
         self.channels = images.shape[1]
@@ -245,7 +249,9 @@ class _Flip:
             return
         size = canvas.height if self.axis == 0 else canvas.width
         ar = torch.arange(size, device=canvas.device)
-        flip = canvas.rand(canvas.n) < self.p  # should_apply: random() < p (p >= 1: always)
+        alternating = self.axis == 1 and canvas.flips is not None  # the alternating flip decided which images
+        # should_apply: random() < p (p >= 1: always)
+        flip = canvas.flips if alternating else canvas.rand(canvas.n) < self.p
         canvas.remap(self.axis, torch.where(flip[:, None], ar.flip(0)[None], ar[None]))
 
 
@@ -344,18 +350,29 @@ class BatchAugment:
                 steps.append(step)
         return cls(steps=tuple(steps), ops=tuple(dict(op) for op in ops))
 
-    def __call__(self, images: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    @property
+    def horizontal_flip_p(self) -> float:
+        """The probability with which HorizontalFlip mirrors an image (0 without one)."""
+        return next((s.p for s in self.steps if isinstance(s, _Flip) and s.axis == 1), 0.0)
+
+    def __call__(
+        self, images: torch.Tensor, *, generator: torch.Generator | None = None, flips: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Augment a uint8 ``(N, C, H, W)`` batch (any device, contiguous or channels_last) -> uint8 on the same device.
 
         Every random draw is a torch op on ``generator`` (which must live on the images' device), so a seeded
         generator reproduces the batch exactly. The input is never modified (with no ops it is returned as is).
+        ``flips``: bool (N,) on the images' device, the images HorizontalFlip mirrors (instead of drawing with
+        its p): :class:`~pipelines.augment.AlternatingFlip`'s mask.
         """
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
             got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"BatchAugment wants a uint8 (N, C, H, W) tensor, got {got}")
         if generator is not None and generator.device.type != images.device.type:
             raise ValueError(f"generator is on {generator.device} but the images are on {images.device}")
-        canvas = _Canvas(images, generator)
+        if flips is not None and flips.shape != images.shape[:1]:
+            raise ValueError(f"flips must be one bool per image ({images.shape[0]},), got {tuple(flips.shape)}")
+        canvas = _Canvas(images, generator, flips)
         for step in self.steps:
             step(canvas)
         return canvas.materialize()

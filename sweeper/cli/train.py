@@ -293,7 +293,7 @@ def model(
     """Print the custom ResNet-9 the config builds, layer by layer: output shapes and parameters (6,573,120 at
     width 1).
 
-    Every model.* key shapes it: e.g. sweeper model --set model.width=0.5
+    Every model.* key shapes it: e.g. sweeper model --set model.width=0.5 model.whiten=patch3 model.activation=celu
     """
     from pipelines.model import build_model, count_parameters, layer_table
 
@@ -302,12 +302,13 @@ def model(
     cfg = resolve_cli_config(config, set_, overrides, **{"model.width": width})
     net = build_model(cfg.model, num_classes=classes)
     rows = layer_table(net)
-    total = count_parameters(net)
+    total, trainable = count_parameters(net), count_parameters(net, trainable=True)  # model.bn_weight frozen: fewer
     settings = cfg.model.__dict__
     if json_:
         print_json(
             {
                 "params": total,
+                "trainable_params": trainable,
                 **settings,
                 "model": settings,
                 "classes": classes,
@@ -328,4 +329,6 @@ def model(
         table.add_row(r.name, r.kind, " x ".join(map(str, r.output_shape[1:])), f"{r.params:,}")
     table.add_section()
     table.add_row("total", "", "", f"{total:,}")
+    if trainable != total:
+        table.add_row("trainable", "batch-norm scales frozen at 1", "", f"{trainable:,}")
     console(width=140).print(table)

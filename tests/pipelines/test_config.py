@@ -235,3 +235,72 @@ def test_every_new_key_round_trips_through_yaml() -> None:
         }
     )
     assert Config.from_yaml(cfg.to_yaml()) == cfg
+
+
+def test_the_tricks_are_off_by_default() -> None:
+    cfg = Config()
+    assert (cfg.model.activation, cfg.model.ghost_batch, cfg.model.bn_weight, cfg.model.whiten) == (
+        "relu",
+        0,
+        "learned",
+        "none",
+    )
+    assert (cfg.optim.bn_bias_lr_scale, cfg.optim.bn_bias_decay_scale) == (1.0, 1.0)
+    assert (cfg.train.ema, cfg.train.tta, cfg.augment.alternating_flip) == (0.0, "none", False)
+
+
+def test_the_tricks_round_trip_through_yaml() -> None:
+    cfg = Config().with_overrides(
+        {
+            "model.activation": "celu",
+            "model.celu_alpha": 0.3,
+            "model.ghost_batch": 32,
+            "model.bn_weight": "frozen",
+            "model.whiten": "patch3",
+            "optim.bn_bias_lr_scale": 16,
+            "optim.bn_bias_decay_scale": 0.0625,
+            "train.ema": 0.99,
+            "train.ema_every": 5,
+            "train.tta": "flip_shift",
+            "augment.alternating_flip": True,
+        }
+    )
+    assert Config.from_yaml(cfg.to_yaml()) == cfg
+    assert cfg.optim.bn_bias_lr_scale == 16.0 and isinstance(cfg.optim.bn_bias_lr_scale, float)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model.activation": "swish"}, "model.activation must be one of relu, celu, gelu, got 'swish'"),
+        ({"model.celu_alpha": 0}, "model.celu_alpha must be > 0 and finite, got 0.0"),
+        ({"model.ghost_batch": -1}, "model.ghost_batch must be >= 0 images (0: off), got -1"),
+        ({"model.ghost_batch": 24}, "model.ghost_batch must divide train.batch_size (512), got 24"),
+        (
+            {"model.ghost_batch": 32, "train.batch_size": 48},
+            "model.ghost_batch must divide train.batch_size (48), got 32",
+        ),
+        ({"model.bn_weight": "fixed"}, "model.bn_weight must be one of learned, frozen, got 'fixed'"),
+        ({"model.whiten": "zca"}, "model.whiten must be one of none, patch2, patch3, got 'zca'"),
+        ({"optim.bn_bias_lr_scale": 0}, "optim.bn_bias_lr_scale must be > 0 and finite, got 0.0"),
+        ({"optim.bn_bias_decay_scale": -1}, "optim.bn_bias_decay_scale must be >= 0 and finite, got -1.0"),
+        ({"train.ema": 1}, "train.ema must be 0 (off) or a momentum in (0, 1), got 1.0"),
+        ({"train.ema": -0.5}, "train.ema must be 0 (off) or a momentum in (0, 1), got -0.5"),
+        ({"train.ema_every": 0}, "train.ema_every must be >= 1 (steps), got 0"),
+        ({"train.tta": "flips"}, "train.tta must be one of none, flip, flip_shift, got 'flips'"),
+        (
+            {"augment.alternating_flip": True, "augment.ops": [{"name": "RandomCrop", "height": 32, "width": 32}]},
+            "augment.alternating_flip needs exactly one HorizontalFlip in augment.ops (the op whose flips it "
+            "alternates), got 0",
+        ),
+    ],
+)
+def test_the_trick_keys_are_validated_naming_key_and_value(overrides: dict, message: str) -> None:
+    with pytest.raises(UserError) as info:
+        Config().with_overrides(overrides)
+    assert str(info.value) == message
+
+
+def test_a_ghost_batch_that_divides_the_batch_is_accepted() -> None:
+    cfg = Config().with_overrides({"model.ghost_batch": 32, "train.batch_size": 96})
+    assert cfg.model.ghost_batch == 32

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import assert_png, tiny_config
-from pipelines.config import Config
+from pipelines import lr_finder
+from pipelines.config import Config, ModelConfig
 from pipelines.data import Splits
 from pipelines.errors import UserError
 from pipelines.lr_finder import LRFinderResult, lr_range_test, steepest, suggest, valley
@@ -40,8 +41,19 @@ def test_range_test_sweeps_increasing_lrs_from_min_to_max(sweep: LRFinderResult)
     assert np.allclose(ratios, (10.0 / 1e-4) ** (1 / 29))
 
 
-def test_range_test_reports_smoothed_losses(sweep: LRFinderResult) -> None:
-    raw, smooth = np.array(sweep.raw_losses), np.array(sweep.losses)
+def test_range_test_reports_smoothed_losses(config: Config, splits: Splits, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The losses are the training step's own (training's TorchStep), smoothed."""
+    raw_losses: list[float] = []
+    step = lr_finder.TorchStep.__call__
+
+    def recording(self, images, labels, index):
+        loss = step(self, images, labels, index)
+        raw_losses.append(float(loss))
+        return loss
+
+    monkeypatch.setattr(lr_finder.TorchStep, "__call__", recording)
+    sweep = lr_range_test(config, min_lr=1e-4, max_lr=10.0, num_iter=30, splits=splits)
+    raw, smooth = np.array(raw_losses), np.array(sweep.losses)
     assert len(raw) == len(smooth) == len(sweep.lrs)
     assert smooth[0] == pytest.approx(raw[0])  # debiased: the first smoothed value is the first loss
     # a debiased moving average is a weighted mean of the losses so far: never outside their range
@@ -82,7 +94,7 @@ def test_range_test_stops_early_when_the_loss_blows_up(config: Config, splits: S
 
 
 def test_range_test_leaves_a_passed_model_as_it_was(config: Config, splits: Splits) -> None:
-    model = ResNet9(num_classes=3, width=0.125)
+    model = ResNet9(ModelConfig(width=0.125), num_classes=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lr_range_test(config, num_iter=10, splits=splits, model=model)
     after = model.state_dict()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import RUN_FILES, assert_png, tiny_config
-from pipelines.config import Config
+from pipelines.config import Config, ModelConfig
 from pipelines.data import Splits
 from pipelines.model import ResNet9
 from pipelines.result import Result
@@ -35,7 +35,7 @@ def test_saved_model_loads_and_reproduces_the_test_accuracy(trained: tuple[Confi
     saved = torch.load(Path(cfg.train.out_dir) / "model.pt", map_location="cpu")
     assert saved["classes"] == list(result.classes)
     assert Config.from_dict(saved["config"]) == cfg
-    model = ResNet9(num_classes=3, width=0.125)
+    model = ResNet9(ModelConfig(width=0.125), num_classes=3)
     model.load_state_dict(saved["state_dict"])  # strict: every key and shape matches
     mean, std = splits.channel_stats()
     x = torch.from_numpy(splits.test.images).permute(0, 3, 1, 2).float() / 255

@@ -47,7 +47,8 @@ def test_plateau_cuts_reach_the_step_through_its_lr_tensor():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     step = CurveStep(
-        model, lrs=[0.1, 0.1, 0.1], momenta=[0.9] * 3, weight_decay=5e-4, nesterov=True,
+        model, groups=[{"params": list(model.parameters()), "weight_decay": 5e-4, "lr_scale": 1.0}],
+        lrs=[0.1, 0.1, 0.1], momenta=[0.9] * 3, nesterov=True,
         criterion=torch.nn.CrossEntropyLoss(), normalize=lambda x: x.float() / 255, device=torch.device("cpu"),
     )  # fmt: skip
     images, labels = torch.randint(0, 256, (8, 3, 2, 2), dtype=torch.uint8), torch.randint(0, 3, (8,))

@@ -11,7 +11,7 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import POLICY_SPACE, REPO_ROOT, TINY, TRIAL_STEPS_PER_EPOCH, invoke
-from pipelines.config import Config
+from pipelines.config import TRICK_KEYS, Config
 from sweeper.space import load_space
 from sweeper.urls import absolute_sqlite
 
@@ -29,6 +29,16 @@ def test_the_shipped_example_compares_three_policies_with_and_without_warmup():
     assert set(params["schedule.warmup_epochs"].choices) == {0, 2}
     assert params["schedule.milestones"].when == (("schedule.policy", ("step",)),)
     space.check_against(Config())  # every choice is valid for the 24-epoch recipe
+
+
+def test_the_shipped_tricks_example_searches_every_switch_with_the_epochs():
+    space = load_space(str(EXAMPLE.with_name("tricks.yaml")))
+    params = {p.name: p for p in space.params}
+    assert set(params) == {"train.epochs", *TRICK_KEYS}
+    assert all(params[key].type == "categorical" for key in TRICK_KEYS)
+    assert params["model.celu_alpha"].when == (("model.activation", ("celu",)),)
+    assert params["train.ema_every"].when == (("train.ema", (0.99,)),)
+    space.check_against(Config())  # every choice is valid for the recipe (ghost batches divide 512)
 
 
 def test_a_conditional_key_is_suggested_only_when_its_policy_is_drawn(image_folder, tmp_path):
