@@ -110,7 +110,7 @@ class SleepTrials:
             value = 0.9 - 0.1 / epoch  # any number: the storage is what is measured
             metrics = EpochMetrics(
                 epoch=epoch, train_loss=1.0 / epoch, train_accuracy=value, test_loss=None, test_accuracy=None,
-                val_loss=1.0 / epoch, val_accuracy=value, lr=config.effective_lr, seconds=0.0, eval_seconds=0.0,
+                val_loss=1.0 / epoch, val_accuracy=value, lr=config.effective_lr, epoch_seconds=0.0, eval_seconds=0.0,
             )  # fmt: skip
             recorder.record(metrics, value)
             self.event(event="epoch", number=trial.number, trial_id=trial._trial_id, epoch=epoch)

@@ -43,6 +43,7 @@ def chain(err: BaseException) -> Iterator[BaseException]:
 
 
 FULL_MARKERS = ("database or disk is full",)  # SQLite's words for ENOSPC
+FREE_SPACE = "free space and run the command again"
 
 
 def out_of_space(err: BaseException) -> str | None:
@@ -50,9 +51,9 @@ def out_of_space(err: BaseException) -> str | None:
     for seen in chain(err):
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             where = f": {seen.filename}" if seen.filename else ""
-            return f"no space left on the device{where}; free space and run the command again"
+            return f"no space left on the device{where}; {FREE_SPACE}"
         if isinstance(seen, UserError) and "No space left on device" in str(seen):
-            return f"{seen}; free space and run the command again"
+            return str(seen) if str(seen).endswith(FREE_SPACE) else f"{seen}; {FREE_SPACE}"
         if any(marker in str(seen) for marker in FULL_MARKERS):
-            return "the database or disk is full (SQLite); free space and run the command again"
+            return f"the database or disk is full (SQLite); {FREE_SPACE}"
     return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import socket
 from collections.abc import Iterator
@@ -68,30 +69,45 @@ def engine_kwargs(url: str, *, idle: bool = False, pool_size: int | None = None)
 
 
 @contextlib.contextmanager
-def creation_lock(url: str) -> Iterator[None]:
-    """Hold the lock under which the schema of the database at ``url`` is made (see the module's doc); a no-op
-    for databases that need none."""
+def creation_lock(url: str) -> Iterator[dict[str, Any]]:
+    """Hold the lock under which the schema of the database at ``url`` is made (see the module's doc), and yield
+    the engine settings to make it with. On PostgreSQL the lock is a session's advisory lock and the settings run
+    every statement on that one locked connection (a ``StaticPool`` over it): making the schema costs the process
+    one connection, whatever the library making it opens. SQLite: a lock on the file's folder, no settings.
+    Anything else (MLflow's servers and folders): nothing to lock."""
     if is_sqlite(url):
         database = sqlalchemy.engine.make_url(url).database
         if not database or database == ":memory:":
-            yield
+            yield {}
             return
         with _folder_lock(Path(database).absolute().parent):
-            yield
+            yield {}
         return
-    if not url.startswith("postgresql"):  # MLflow's servers and folders, other databases: nothing to lock
-        yield
+    if not url.startswith("postgresql"):
+        yield {}
         return
     engine = sqlalchemy.create_engine(url, **engine_kwargs(url, idle=True))
     try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        proxy = engine.connect()  # (not raw_connection(): SQLAlchemy's wrapped errors tell a refused connection)
+        dbapi = proxy.connection.driver_connection
+        try:
+            with dbapi.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))
+            dbapi.commit()
+            yield {"poolclass": sqlalchemy.pool.StaticPool, "creator": functools.partial(_same, dbapi)}
+        finally:
+            with contextlib.suppress(Exception):  # the lock goes with the connection anyway
+                dbapi.rollback()
+                with dbapi.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_KEY,))
+                dbapi.commit()
+            proxy.close()
     finally:
         engine.dispose()
+
+
+def _same(connection: Any) -> Any:
+    return connection
 
 
 @contextlib.contextmanager

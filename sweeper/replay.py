@@ -114,7 +114,7 @@ def _source(
         base = records.recorded_config(chosen)
         assert base is not None  # best_trial refuses a trial without one
         source = ReplaySource(
-            label=f"{study}-trial-{chosen.number}",
+            label=_label(f"{study}-trial-{chosen.number}", fallback=f"trial-{chosen.number}"),
             study=study,
             trial_number=chosen.number,
             trial_run_id=records.run_id(chosen, st.user_attrs),
@@ -122,16 +122,18 @@ def _source(
         )
         return resolve_config(None, tokens, extra=extra, base=base), source
     assert config_file is not None, "a replay needs a study or a config file"
-    return resolve_config(config_file, tokens, extra=extra), ReplaySource(label=_label(config_file))
+    source = ReplaySource(label=_label(config_file.stem, fallback="config"))
+    return resolve_config(config_file, tokens, extra=extra), source
 
 
-def _label(config_file: Path) -> str:
-    """The replay's name (its runs' folder and MLflow run names): the file's stem, unless that could not be one
-    folder of runs/replay/ (``...yaml``'s stem is ``..``); then "config"."""
+def _label(name: str, *, fallback: str) -> str:
+    """The replay's name (its runs' folder and MLflow run names): ``name`` (a config file's stem, or the study's
+    trial), unless it could not be one folder of runs/replay/ (``...yaml``'s stem is ``..``; a study made outside
+    sweeper may be called anything); then ``fallback``."""
     try:
-        return check_name(config_file.stem, what="config file name")
+        return check_name(name, what="replay")
     except UserError:
-        return "config"
+        return fallback
 
 
 def replay_config(config: Config, *, seed: int, out_dir: Path) -> Config:

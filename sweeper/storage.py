@@ -165,9 +165,15 @@ def make_storage(
 
 
 def _open(url: str, engine: dict[str, Any], kwargs: dict[str, Any]) -> RDBStorage:
-    """Optuna's RDB storage, its schema made (or checked) by one process at a time."""
-    with creation_lock(url):
-        return RDBStorage(url, engine_kwargs=engine, **kwargs)
+    """Optuna's RDB storage, its schema made (or checked) by one process at a time. On a server, in two steps so
+    that the process never holds more than its connections: Optuna makes the schema on a throwaway storage that
+    runs on the lock's one connection, then the storage used is opened without making it."""
+    if is_sqlite(url):
+        with creation_lock(url):
+            return RDBStorage(url, engine_kwargs=engine, **kwargs)
+    with creation_lock(url) as locked:  # the schema, on the lock's one connection
+        RDBStorage(url, engine_kwargs=locked)
+    return RDBStorage(url, engine_kwargs=engine, skip_table_creation=True, **kwargs)
 
 
 class StorageUnavailable(UserError):

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 
 from pipelines.errors import UserError
+from pipelines.paths import check_name
 from sweeper import records
 from sweeper.queries import load_study
 from sweeper.spool import PENDING, sync_spool
@@ -39,7 +40,7 @@ class SyncReport:
 def sync_study(name: str, *, storage: str | None, tracking_uri: str | None, runs_dir: Path) -> SyncReport:
     """Upload study ``name``'s spool (runs_dir/name/spool) to its tracking URI, record the new run ids in the
     study and end the MLflow runs of its finished trials that are still RUNNING."""
-    spool = runs_dir / name / "spool"
+    spool = runs_dir / check_name(name, what="study name") / "spool"  # a name only: it stays in runs_dir
     if not spool.exists():
         raise UserError(f"nothing to sync: no spool at {spool}")
     study, why_not = _study(storage, name)

@@ -8,6 +8,7 @@ tests/benchmarks/, tests/scripts/, tests/docker/. Nothing here is copied into th
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -26,6 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.callbacks import EpochMetrics
 from pipelines.config import Config
 from pipelines.data import ImageSet, Splits
 from pipelines.errors import UserError
@@ -58,6 +60,17 @@ POLICY_SPACE = {
         "schedule.patience": {"type": "int", "low": 0, "high": 1, "when": {"schedule.policy": ["plateau"]}},
     }
 }
+
+
+def epoch_metrics(epoch: int = 1, *, val: float | None = 0.5, test: float | None = 0.4, **more: Any) -> EpochMetrics:
+    """An epoch's metrics as the loop reports them: ``val`` and ``test`` accuracies (None: not evaluated that
+    epoch, and no loss either), the rest fixed unless ``more`` says otherwise."""
+    values: dict[str, Any] = {
+        "epoch": epoch, "train_loss": 1.0, "train_accuracy": 0.5, "test_loss": 1.1 if test is not None else None,
+        "test_accuracy": test, "val_loss": 1.2 if val is not None else None, "val_accuracy": val, "lr": 0.1,
+        "epoch_seconds": 1.0, "eval_seconds": 0.1,
+    }  # fmt: skip
+    return EpochMetrics(**{**values, **more})
 
 
 def tiny_config(data: Path, out: Path, **overrides: object) -> Config:
@@ -130,11 +143,19 @@ def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
+# How long the tests' commands wait for a database that refuses connections: a refused connection at start is
+# waited for like any outage (SWEEPER_DB_OUTAGE_SECONDS, 120 s by default), which a test of bad input need not sit out
+TEST_PATIENCE = {"SWEEPER_DB_OUTAGE_SECONDS": "3", "SWEEPER_RETRY_DELAY": "0.2", "SWEEPER_RETRY_MAX_DELAY": "0.5"}
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test runs in its own folder, so default outputs (runs/, sweeper.db, mlruns) never leak."""
+    """Every test runs in its own folder, so default outputs (runs/, sweeper.db, mlruns) never leak; a database
+    that does not answer is waited for seconds, not the default two minutes (a test of outages sets its own)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SWEEPER_CACHE_DIR", str(tmp_path / "cache"))
+    for name, value in TEST_PATIENCE.items():
+        monkeypatch.setenv(name, value)
 
 
 # -- data sources ----------------------------------------------------------------------------------------------
@@ -190,9 +211,52 @@ def fake_cifar_batches(folder: Path, *, per_batch: int = 4, n_test: int = 6, see
     }
 
 
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB file system (tmpfs) to fill up; where mounting is not permitted, skipped locally and failed in CI
+    (its stand-in, a writer that fails with ENOSPC, is tested without a mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        missing(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def grow(disk: Path, size: str = "64m") -> None:
+    """Free space on a ``small_disk``: remount it larger, its files kept."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+
+
+def fill(folder: Path) -> None:
+    """Write zeros into ``folder/filler`` until its file system is full."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while os.write(fd, b"\0" * 4096) > 0:
+            pass
+    except OSError as err:
+        assert err.errno == errno.ENOSPC, err
+    finally:
+        os.close(fd)
+
+
+def load_source(
+    path: str, *, cache_dir: Path | str, progress: Any = None
+) -> tuple[ImageSet, ImageSet, tuple[str, ...]]:
+    """The full train set, the full test set and the class names of the data source ``path``, as ``load_splits``
+    reads them with no limit and no validation split."""
+    from pipelines.config import DataConfig
+    from pipelines.data import load_splits
+
+    splits = load_splits(DataConfig(path=path, cache_dir=str(cache_dir)), progress=progress)
+    return splits.train, splits.test, splits.classes
+
+
 def error_of(path: Path | str, cache_dir: Path) -> str:
     """The one-line UserError loading ``path`` raises."""
-    from pipelines.data import load_source
 
     with pytest.raises(UserError) as info:
         load_source(str(path), cache_dir=cache_dir)
@@ -640,9 +704,11 @@ def kill_a_worker_mid_trial(
 def heartbeat_env(*, heartbeat: int = 1, grace: int = 4, **more: object) -> dict[str, str]:
     """Environment for workers whose dead trials are found in seconds: a heartbeat every ``heartbeat`` s, stale after
     ``grace`` s; ``more``: further SWEEPER_* variables by lower-case suffix (outage_seconds=3 ->
-    SWEEPER_DB_OUTAGE_SECONDS, retry_max_delay=0.5 -> SWEEPER_RETRY_MAX_DELAY)."""
+    SWEEPER_DB_OUTAGE_SECONDS, retry_max_delay=0.5 -> SWEEPER_RETRY_MAX_DELAY). Unless given, the outage a worker
+    waits for is the longest the grace period leaves (with the tests' back-off of at most 0.5 s)."""
     names = {"outage_seconds": "SWEEPER_DB_OUTAGE_SECONDS"}
     env = {"SWEEPER_HEARTBEAT_SECONDS": str(heartbeat), "SWEEPER_GRACE_SECONDS": str(grace)}
+    env["SWEEPER_DB_OUTAGE_SECONDS"] = str(max(1, grace - heartbeat - 2))
     env.update({names.get(key, f"SWEEPER_{key.upper()}"): str(value) for key, value in more.items()})
     return env
 

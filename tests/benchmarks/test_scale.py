@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: benchmarks/ is a folder of scripts there
 
 
 def test_workers_behind_the_proxy_lose_nothing_and_a_killed_ones_trial_is_retried(pg_url) -> None:

@@ -30,7 +30,7 @@ def history(n: int, *, val: bool = False) -> list[EpochMetrics]:
             val_loss=1.1 / i if val else None,
             val_accuracy=0.4 + 0.1 * i if val else None,
             lr=0.1,
-            seconds=1.0,
+            epoch_seconds=1.0,
             eval_seconds=0.1,
         )
         for i in range(1, n + 1)

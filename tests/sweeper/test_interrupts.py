@@ -209,7 +209,7 @@ def assert_interrupted(result, storage: str, tracking: str, *, state: TrialState
 def test_ctrl_c_as_a_trial_starts_is_noted_and_stops_it_before_it_trains(
     image_folder, tmp_path, stop_handler, capfd, monkeypatch
 ):
-    at(monkeypatch, "sweeper.cli.live.LiveStudyView.on_trial_start", once(signal.SIGINT))  # its MLflow run made
+    at(monkeypatch, "sweeper.cli.live.LiveStudyView.on_trial", once(signal.SIGINT))  # its MLflow run made
     assert_interrupted(*stop_study(image_folder, tmp_path))
     assert notes(capfd.readouterr().err) == [FIRST]
 

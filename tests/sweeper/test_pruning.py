@@ -6,6 +6,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from conftest import epoch_metrics
 from pipelines.callbacks import EpochMetrics
 from pipelines.config import Config
 from pipelines.errors import UserError
@@ -17,10 +18,7 @@ from sweeper.trials import StudyObserver, TrialReporter
 
 
 def metrics(epoch: int, val: float) -> EpochMetrics:
-    return EpochMetrics(
-        epoch=epoch, train_loss=1.0, train_accuracy=0.5, test_loss=None, test_accuracy=None, val_loss=1.0,
-        val_accuracy=val, lr=0.1, epoch_seconds=1.0, eval_seconds=0.1,
-    )  # fmt: skip
+    return epoch_metrics(epoch, val=val, test=None)
 
 
 def config_yaml(epochs: int) -> str:

@@ -9,6 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from conftest import epoch_metrics
 from pipelines.callbacks import EpochMetrics
 from pipelines.config import Config
 from sweeper import records
@@ -22,10 +23,7 @@ def study(objective: Objective = VAL) -> optuna.Study:
 
 
 def epoch(n: int, *, val: float = 0.5, test: float | None = 0.4) -> EpochMetrics:
-    return EpochMetrics(
-        epoch=n, train_loss=1.0, train_accuracy=0.6, test_loss=1.1, test_accuracy=test, val_loss=1.2,
-        val_accuracy=val, lr=0.1, seconds=2.0, eval_seconds=0.5,
-    )  # fmt: skip
+    return epoch_metrics(n, val=val, test=test, train_accuracy=0.6, epoch_seconds=2.0, eval_seconds=0.5)
 
 
 def frozen(s: optuna.Study, number: int = 0) -> optuna.trial.FrozenTrial:

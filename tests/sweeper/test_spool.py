@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import TINY, MlflowServer, free_port, invoke, reported_epoch, wait_for
+from pipelines.errors import UserError
 from sweeper.spool import LogQueue, sync_spool
 from sweeper.urls import absolute_sqlite
 
@@ -93,3 +94,55 @@ def test_mlflow_outage_mid_study_is_spooled_and_synced(image_folder, tmp_path):
         assert recorded == sorted(r.info.run_id for r in children)  # the real ids, no pending- placeholder
     finally:
         server.stop()
+
+
+class _Down:
+    """An MLflow client whose every call fails as an unreachable server does."""
+
+    def __getattr__(self, name: str) -> object:
+        def fail(*args: object, **kwargs: object) -> None:
+            raise ConnectionError("MLflow is down")
+
+        return fail
+
+
+class _Recording:
+    """An MLflow client that takes every batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple] = []
+
+    def log_batch(self, run_id: str, **kwargs: object) -> None:
+        self.batches.append((run_id, kwargs))
+
+
+def _op(i: int) -> dict:
+    return {"op": "batch", "run_id": "r1", "metrics": [["m", float(i), 0, i]] * 5}
+
+
+def test_a_full_disk_cuts_no_spool_line_and_stops_at_the_next_flush_once(small_disk):
+    queue = LogQueue(_Down(), small_disk / "spool", delays=())
+    for i in range(3000):  # ~400 kB of lines: more than the disk holds
+        queue.submit(_op(i))
+    with pytest.raises(UserError, match=r"cannot write the MLflow spool .*: No space left on device"):
+        queue.flush()
+    queue.flush()  # said once: the way out (ending runs, the parent's) flushes again
+    assert queue.spooled > 0 and queue.lost > 0 and queue.spooled + queue.lost == 3000
+    lines = Path(queue.spool_file).read_text().splitlines()
+    assert len(lines) == queue.spooled
+    assert [json.loads(line)["metrics"][0][1] for line in lines] == [float(i) for i in range(queue.spooled)]
+
+
+def test_sync_sends_every_whole_operation_and_keeps_a_damaged_line_aside(tmp_path, caplog):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    whole = [json.dumps(_op(i)) for i in range(3)]
+    (spool / "w.jsonl").write_text("\n".join([whole[0], whole[1], '{"op": "batch", "run_id": "r1", "metr', whole[2]]))
+    client = _Recording()
+    done = sync_spool(client, spool)
+    assert done["operations"] == 3 and done["damaged"] == 1
+    assert [kwargs["metrics"][0].value for _, kwargs in client.batches] == [0.0, 1.0, 2.0]
+    assert (spool / "damaged.jsonl").read_text() == '{"op": "batch", "run_id": "r1", "metr\n'
+    assert sorted(p.name for p in spool.iterdir()) == ["damaged.jsonl"]
+    assert sum("damaged line" in r.getMessage() for r in caplog.records) == 1
+    assert sync_spool(client, spool)["operations"] == 0  # the damaged line is not sent again

@@ -9,9 +9,10 @@ import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import TINY, invoke, run_sweeper
+from conftest import TINY, epoch_metrics, grow, invoke, run_sweeper
 from pipelines.callbacks import EpochMetrics
 from pipelines.config import Config
+from sweeper import records
 from sweeper.objective import Objective
 from sweeper.space import run_params
 from sweeper.trials import StudyObserver, TrialReporter, trial_config
@@ -36,13 +37,12 @@ def test_a_trial_is_not_pruned_at_its_last_epoch():
     reporter = TrialReporter(trial, Objective.val, StudyObserver(), epochs=2)
 
     def epoch(n: int) -> EpochMetrics:
-        return EpochMetrics(
-            epoch=n, train_loss=1, train_accuracy=0.5, test_loss=1, test_accuracy=0.5, val_loss=1,
-            val_accuracy=0.6, lr=0.1, seconds=1, eval_seconds=0.1,
-        )  # fmt: skip
+        return epoch_metrics(n, val=0.6, test=0.5)
 
-    assert reporter.should_stop(epoch(1)) == "pruned"
-    assert reporter.should_stop(epoch(2)) is None  # complete: nothing left to save by stopping
+    for n in (1, 2):  # as the loop calls it: each epoch recorded, then the pruner asked
+        reporter.on_epoch(epoch(n))
+        stop = reporter.should_stop(epoch(n))
+        assert stop == ("pruned" if n == 1 else None)  # at the last epoch: complete, nothing left to save
     assert trial.study.trials[0].intermediate_values == {1: 0.6, 2: 0.6}
 
 
@@ -131,3 +131,29 @@ def test_a_trial_records_the_switches_it_searched_and_those_the_config_set(image
         assert "model.ghost_batch" not in params  # neither searched nor set: off
         config = Config.from_yaml(trial.user_attrs["config"])
         assert config.model.whiten == trial.params["model.whiten"] and config.model.activation == "celu"
+
+
+def test_a_full_disk_stops_the_study_in_one_line_and_it_resumes_once_space_is_freed(image_folder, small_disk):
+    """The trials' folder on a 256 KiB disk: the first trial's weights do not fit. The trial is recorded failed
+    with the reason, the study stops at once (not after three failures) with one line naming the file, nothing
+    half-written is left; with space freed, `study run` goes on."""
+    storage, runs = "sqlite:///sweeper.db", small_disk / "runs"
+    args = ["study", "run", "full", "--data", image_folder, "--storage", storage, "--runs-dir", runs, "--sampler",
+            "random", "--pruner", "none", "--set", *TINY, "train.epochs=1"]  # fmt: skip
+    result = invoke(*args, "--n-trials", 3)
+    assert result.exit_code == 2, result.output
+    last = result.stderr.strip().splitlines()[-1]  # below the live table
+    assert last.startswith("error: cannot write ") and "trial-0000/model.pt: No space left on device" in last
+    assert last.count("free space") == 1 and "Traceback" not in result.output
+    (trial,) = optuna.load_study(study_name="full", storage=storage).trials
+    assert trial.state == TrialState.FAIL and "No space left on device" in trial.user_attrs[records.REASON]
+    left = [p for p in runs.rglob("*") if p.is_file()]
+    assert not any(p.name.startswith(".") for p in left)  # no temporary file
+    for path in left:  # what is there is whole
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+    grow(small_disk)
+    again = invoke(*args, "--n-trials", 1, "--json")
+    assert again.exit_code == 0, again.output
+    states = [t.state for t in optuna.load_study(study_name="full", storage=storage).trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]

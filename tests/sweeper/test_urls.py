@@ -99,7 +99,7 @@ def test_a_study_on_two_workers_shows_the_password_nowhere(
     assert rc == 0, output[-3000:]
     assert not leaks(output)
     lines = [line for _, line in processes.seen]
-    workers = [line for line in lines if f"study run {name}" in line and "--n-trials 1" in line]
+    workers = [line for line in lines if f"study run {name}" in line and "--trials-until" in line]
     assert len(workers) == 2 and not leaks(" ".join(line for line in lines if "pytest" not in line))
     for path in (tmp_path / "runs").rglob("*"):
         if path.is_file() and path.suffix in (".yaml", ".json", ".log", ".jsonl"):

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import TINY, heartbeat_env, invoke, start_sweeper, study_init
-from sweeper.workers import auto_devices, workers_per_gpu
+from conftest import PG_ADMIN_URL, TINY, heartbeat_env, invoke, start_sweeper, study_init
+from pipelines.errors import UserError
+from sweeper import records
+from sweeper.workers import WorkerPlan, WorkersResult, auto_devices, workers_per_gpu
 
 
 def assert_each_trial_once(name: str, storage: str, client: MlflowClient, n: int) -> None:
@@ -47,21 +51,89 @@ def test_two_worker_processes_complete_each_trial_exactly_once(image_folder, mlf
     assert_each_trial_once("stack", pg_url, MlflowClient(mlflow_server.uri), 6)
 
 
+class ConnectionCounter:
+    """The most connections each application name held on a database at once, sampled every 0.1 s."""
+
+    def __init__(self, url: str) -> None:
+        self.database = url.rsplit("/", 1)[1]
+        self.admin = sqlalchemy.create_engine(PG_ADMIN_URL, poolclass=sqlalchemy.pool.NullPool)
+        self.peak: dict[str, int] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        query = sqlalchemy.text(
+            "SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = :db GROUP BY application_name"
+        )
+        while not self.done.wait(0.1):
+            with self.admin.connect() as conn:
+                for name, count in conn.execute(query, {"db": self.database}):
+                    self.peak[name] = max(self.peak.get(name, 0), count)
+
+    def __enter__(self) -> ConnectionCounter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+        self.admin.dispose()
+
+
 @pytest.mark.slow
 def test_workers_option_splits_trials_and_shows_one_table(image_folder, mlflow_server, pg_url):
-    result = invoke(
-        "study", "run", "multi", "--workers", 2, "--n-trials", 3, "--data", image_folder, "--storage", pg_url,
-        "--tracking-uri", mlflow_server.uri, "--sampler", "random", "--seed", 0, "--pruner", "none", "--json",
-        "--set", *TINY, "train.epochs=1", catch_exceptions=False,
-    )  # fmt: skip
+    with ConnectionCounter(pg_url) as connections:
+        result = invoke(
+            "study", "run", "multi", "--workers", 2, "--n-trials", 3, "--data", image_folder, "--storage", pg_url,
+            "--tracking-uri", mlflow_server.uri, "--sampler", "random", "--seed", 0, "--pruner", "none", "--json",
+            "--set", *TINY, "train.epochs=1", catch_exceptions=False,
+        )  # fmt: skip
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["workers"] == 2 and payload["failed_workers"] == []
     assert_each_trial_once("multi", pg_url, MlflowClient(mlflow_server.uri), 3)
+    reports = payload["worker_reports"]
+    assert [r["index"] for r in reports] == [0, 1] and sum(r["trials"] for r in reports) == 3
+    trials = optuna.load_study(study_name="multi", storage=pg_url).trials
+    assert sorted(t.user_attrs[records.WORKER] for t in trials) == sorted(
+        r["index"] for r in reports for _ in range(r["trials"])
+    )
+    names = {name for name in connections.peak if name.startswith("sweeper worker ")}
+    assert {name.split()[2] for name in names} == {"0", "1"}  # each worker's connections name it
+    assert max(connections.peak[name] for name in connections.peak if name.startswith("sweeper ")) <= 2
     assert sorted(Path("runs/multi/logs").glob("worker-*.log")) == [
         Path("runs/multi/logs/worker-0.log"),
         Path("runs/multi/logs/worker-1.log"),
     ]
+
+
+def test_the_trials_of_a_worker_that_could_not_start_are_run_by_the_others(image_folder, tmp_path):
+    """Workers share --n-trials: each runs until the study holds the parent's total (--trials-until), so one that
+    never started leaves its share to the rest, and one that comes late runs none."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    study_init("shared", image_folder, storage, "train.epochs=1")
+    common = ["--storage", storage, "--n-trials", 3, "--trials-until", 3, "--json"]
+    alone = invoke("study", "run", "shared", *common)  # the only worker that started
+    assert alone.exit_code == 0, alone.output
+    assert len(optuna.load_study(study_name="shared", storage=storage).trials) == 3
+    late = invoke("study", "run", "shared", *common)
+    assert late.exit_code == 0, late.output
+    assert len(optuna.load_study(study_name="shared", storage=storage).trials) == 3
+
+
+def test_the_parents_last_line_says_what_each_worker_did(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "worker-1.log").write_text("WARNING ...\nerror: the database at postgresql://u:***@db/x did not answer\n")
+    plan = (WorkerPlan(0, None), WorkerPlan(1, None))
+    trials = [optuna.trial.create_trial(value=0.5, user_attrs={records.WORKER: 0}) for _ in range(3)]
+    assert WorkersResult(plan, (0, 0), logs).check(trials) == "workers: #0 ran 3 trials; #1 ran 0 trials"
+    with pytest.raises(UserError) as failed:
+        WorkersResult(plan, (0, 2), logs).check(trials)
+    assert str(failed.value) == (
+        "workers: #0 ran 3 trials; #1 ran 0 trials and exited 2 (the database at postgresql://u:***@db/x did not "
+        f"answer); see {logs}/worker-N.log"
+    )
 
 
 def test_workers_on_sqlite_are_refused_with_a_clear_message(image_folder):

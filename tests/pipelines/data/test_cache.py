@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import assert_same_sets, make_archive, small_folder
+from conftest import assert_same_sets, load_source, make_archive, small_folder
 from pipelines.data import (
     image_folder,
-    load_source,
     sources,
 )
 
@@ -24,7 +23,7 @@ def test_second_load_comes_from_the_cache_without_decoding(tmp_path: Path, cache
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(image_folder, "_decode_image", no_decoding)
+    monkeypatch.setattr(image_folder, "_pixels", no_decoding)
     monkeypatch.setattr(sources, "open_tree", no_decoding)
     second = load_source(str(archive), cache_dir=cache_dir)
 

@@ -9,10 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import CIFAR_CLASSES, error_of, fake_cifar_batches
-from pipelines.data import (
-    load_source,
-)
+from conftest import CIFAR_CLASSES, error_of, fake_cifar_batches, load_source
 
 
 def test_official_cifar_python_tarball_and_its_folders_load_the_batches(tmp_path: Path, cache_dir: Path):

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import CLASSES, error_of, small_folder, synthetic_images
+from conftest import CLASSES, error_of, load_source, small_folder, synthetic_images
 from pipelines.data import (
     image_folder,
-    load_source,
 )
 
 
@@ -115,3 +114,38 @@ def test_image_of_another_size_is_named(tmp_path: Path, cache_dir: Path):
     message = error_of(folder, cache_dir)
 
     assert message.startswith(f"{odd} is 28x30 but ") and "same size" in message
+
+
+def test_a_set_past_the_memory_budget_is_refused_before_any_image_is_decoded(tmp_path, cache_dir, monkeypatch):
+    folder = small_folder(tmp_path)
+    Image.new("RGB", (400, 300)).save(sorted((folder / "train").rglob("*.png"))[0])
+    decoded = []
+    monkeypatch.setattr(image_folder, "decoded_budget", lambda: 1_000_000)  # 18 images of 400x300 need 6.5 MB
+    monkeypatch.setattr(image_folder, "_pixels", lambda *args, **kwargs: decoded.append(args))
+    message = error_of(folder, cache_dir)
+    assert "would take" in message and "400x300" in message and "data.image_size" in message
+    assert decoded == []  # refused from the first image's header
+
+
+def test_an_image_past_the_decompression_bomb_limit_is_refused_from_its_header(tmp_path, cache_dir):
+    folder = small_folder(tmp_path)
+    bomb = sorted((folder / "train").rglob("*.png"))[-1]  # sorted last: after the others were decoded
+    Image.new("1", (10_000, 10_000)).save(bomb)  # 100 megapixels in 12 kB
+    message = error_of(folder, cache_dir)
+    assert str(bomb) in message and "decompression-bomb limit" in message
+
+
+def test_an_image_of_another_size_is_refused_before_its_pixels_are_decoded(tmp_path, cache_dir, monkeypatch):
+    folder = small_folder(tmp_path)
+    big = sorted((folder / "test").rglob("*.png"))[-1]
+    Image.new("RGB", (3000, 2000)).save(big)
+    sizes = []
+    pixels = image_folder._pixels
+
+    def recording(image, where, *, size=None):
+        sizes.append(image.size)
+        return pixels(image, where, size=size)
+
+    monkeypatch.setattr(image_folder, "_pixels", recording)
+    assert "3000x2000" in error_of(folder, cache_dir)
+    assert sizes and (3000, 2000) not in sizes  # its size read from the header, its pixels never decoded

@@ -15,13 +15,13 @@ from conftest import (
     CLASSES,
     assert_same_sets,
     error_of,
+    load_source,
     small_folder,
 )
 from pipelines.config import DataConfig
 from pipelines.data import (
     Splits,
     SplitsCache,
-    load_source,
     load_splits,
 )
 from pipelines.errors import UserError

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -11,11 +15,9 @@ from conftest import (
     CLASSES,
     assert_same_sets,
     error_of,
+    load_source,
     make_archive,
     small_folder,
-)
-from pipelines.data import (
-    load_source,
 )
 
 
@@ -90,3 +92,29 @@ def test_file_that_is_no_archive_is_refused(tmp_path: Path, cache_dir: Path):
     notes.write_text("hello")
 
     assert error_of(notes, cache_dir).startswith(f"{notes} is not a supported data source")
+
+
+def test_links_inside_a_zip_are_skipped_as_a_tars_are(tmp_path: Path, cache_dir: Path):
+    folder = small_folder(tmp_path)
+    expected = load_source(str(folder), cache_dir=cache_dir)
+    target = sorted((folder / "train").rglob("*.png"))[0]
+    link = target.parent / "link.png"
+    link.symlink_to(target.name)
+    for name in ("links.zip", "links.tar"):
+        archive = tmp_path / name
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(archive, "w") as zf:
+                for path in sorted(folder.rglob("*")):
+                    rel = path.relative_to(folder.parent).as_posix()
+                    if path.is_symlink():  # as `zip --symlinks` stores one: its mode says link, its data the target
+                        info = zipfile.ZipInfo(rel)
+                        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+                        zf.writestr(info, os.readlink(path))
+                    elif path.is_file():
+                        zf.write(path, rel)
+        else:
+            with tarfile.open(archive, "w") as tf:
+                tf.add(folder, arcname=folder.name)  # links stay links
+        train, test, classes = load_source(str(archive), cache_dir=cache_dir / name)
+        assert classes == expected[2]
+        assert len(train) == len(expected[0]) and len(test) == len(expected[1]), name

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, free_port, invoke, write_image_folder
+from conftest import TINY, free_port, invoke, tiny_config, write_image_folder
 
 
 def _bad_inputs(root: Path, good: Path) -> dict[str, tuple[list[str], str]]:
@@ -112,3 +112,31 @@ def test_a_typo_in_a_fixed_choice_is_a_usage_error_that_lists_the_choices(
     assert all(f"'{choice}'" in result.stderr for choice in choices)
     assert "Traceback" not in result.output
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "line\nbreak", "x" * 201])
+@pytest.mark.parametrize("command", ["init", "run", "sync"])
+def test_a_study_name_that_could_leave_its_folder_is_refused_before_anything_is_made(image_folder, tmp_path, name,
+                                                                                      command):  # fmt: skip
+    runs = tmp_path / "inside" / "runs"
+    runs.mkdir(parents=True)
+    args = ["study", command, name]
+    if command in ("init", "run"):
+        args += ["--data", image_folder, "--n-trials", 1] if command == "run" else ["--data", image_folder]
+        args += ["--set", *TINY, "train.epochs=1"]
+    args += ["--runs-dir", runs] if command != "init" else []
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert "study name" in result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no study file, no folder, nothing outside
+
+
+def test_a_replay_of_a_config_whose_stem_is_dot_dot_stays_in_its_folder(image_folder, tmp_path):
+    config = tmp_path / "...yaml"  # its stem is ".."
+    config.write_text(tiny_config(image_folder, tmp_path / "unused", **{"train.epochs": 1}).to_yaml())
+    runs = tmp_path / "runs"
+    result = invoke("replay", config, "--seeds", 1, "--runs-dir", runs, "--json")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (runs / "replay").iterdir()] == ["config"]
+    assert sorted(p.name for p in runs.iterdir()) == ["replay"]

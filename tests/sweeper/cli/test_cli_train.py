@@ -145,3 +145,17 @@ def test_images_smaller_than_the_network_needs_are_refused_with_the_key_to_set(t
     result = train(data, tmp_path / "run")
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and "data.image_size" in lines[0], result.output
+
+
+def test_train_on_a_full_disk_ends_in_one_line_and_leaves_no_half_written_file(image_folder, small_disk):
+    out = small_disk / "run"
+    result = invoke("train", "--data", image_folder, "--out", out, "--set", *TINY_TRAIN, "train.epochs=1")
+    assert result.exit_code == 2, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        last == f"error: cannot write {out / 'model.pt'}: No space left on device; free space and run the command again"
+    )
+    assert "Traceback" not in result.output
+    written = sorted(p.name for p in out.iterdir())
+    assert "model.pt" not in written and not any(name.startswith(".") for name in written)
+    assert Config.from_yaml((out / "config.yaml").read_text()).train.epochs == 1  # whole, where written at all

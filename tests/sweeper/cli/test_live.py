@@ -9,11 +9,11 @@ from pathlib import Path
 import optuna
 from rich.console import Console
 
-from conftest import TINY, invoke
+from conftest import TINY, epoch_metrics, invoke
 from pipelines.callbacks import EpochMetrics
+from sweeper import records
 from sweeper.cli.live import LiveStudyView
 from sweeper.objective import Objective
-from sweeper.outcome import Outcome
 from sweeper.space import load_space, parse_space
 from sweeper.trials import TrialReporter
 
@@ -37,10 +37,7 @@ def header(text: str) -> list[str]:
 
 
 def metrics(*, val: float, test: float) -> EpochMetrics:
-    return EpochMetrics(
-        epoch=1, train_loss=1.0, train_accuracy=0.4, test_loss=1.0, test_accuracy=test, val_loss=1.0,
-        val_accuracy=val, lr=0.1, seconds=1.0, eval_seconds=0.1,
-    )  # fmt: skip
+    return epoch_metrics(1, val=val, test=test)
 
 
 def test_columns_are_the_searched_parameters_with_lr_beside_effective_decay():
@@ -53,12 +50,21 @@ def test_plain_space_shows_its_own_axes_and_a_test_objective_has_one_accuracy_co
     assert header(rendered(view)) == ["#", "λ", "ρ", "α", "test", "state", "time"]
 
 
+def started(study: optuna.Study) -> optuna.Trial:
+    """A trial of the reparametrised space begun as a study's trial begins: its parameters drawn, its LR recorded."""
+    trial = study.ask()
+    for name, value in {"effective_decay": 2e-3, "momentum": 0.9, "weight_decay": 5e-4}.items():
+        trial.suggest_float(name, value, value)
+    trial.set_user_attr(records.LR, 0.4)
+    return trial
+
+
 def test_a_running_trial_shows_the_objective_the_pruner_sees():
     """--objective test with a validation split: the value column is test accuracy, as reported to Optuna."""
     study = optuna.create_study(direction="maximize")
-    trial = study.ask()
+    trial = started(study)
     view = LiveStudyView("s", space=load_space("reparam"), objective=Objective.test)
-    view.on_trial_start(trial.number, {"effective_decay": 2e-3, "momentum": 0.9, "weight_decay": 5e-4}, lr=0.4)
+    view.on_trial(study.trials[0])
     reporter = TrialReporter(trial, Objective.test, view, epochs=3)
     epoch = metrics(val=0.5, test=0.8)
     reporter.on_epoch(epoch)
@@ -103,11 +109,10 @@ def test_a_multi_objective_table_shows_the_cost_and_marks_the_front():
     study = optuna.create_study(directions=["maximize", "minimize"])
     view = LiveStudyView("s", space=load_space("reparam"), objective="val,train_seconds")
     for number, values in enumerate(([0.9, 12.0], [0.8, 20.0])):
-        trial = study.ask()
-        view.on_trial_start(trial.number, {"effective_decay": 2e-3, "momentum": 0.9, "weight_decay": 5e-4}, lr=0.4)
+        trial = started(study)
+        view.on_trial(study.trials[number])
         study.tell(trial, values)
-        frozen = study.trials[number]
-        view.on_trial_end(frozen, Outcome.COMPLETE, 1.0, front={t.number for t in study.best_trials})
+        view.on_trial(study.trials[number], front=records.front_numbers(study))
     text = rendered(view)
     assert header(text)[-6:] == ["val", "test", "train s", "front", "state", "time"]
     rows = {line.strip("│ ")[0]: line for line in text.splitlines() if "complete" in line}
