@@ -118,8 +118,10 @@ def test_killed_worker_behind_the_proxy_is_failed_retried_and_its_run_ended(
     assert [t.state for t in trials(pg_url, "killed")] == [TrialState.FAIL, TrialState.COMPLETE]
 
 
-def test_calls_wait_through_a_database_outage_behind_the_proxy(pg_url, tmp_path) -> None:
-    proxy = StorageProxy(pg_url, tmp_path / "serve.log", env={**LEASE_ENV, "SWEEPER_GRACE_SECONDS": "60"})
+def test_calls_wait_through_a_database_outage_behind_the_proxy(pg_url, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SWEEPER_DB_OUTAGE_SECONDS", "30")  # the client waits on the proxy, longer than the outage
+    env = {**LEASE_ENV, "SWEEPER_GRACE_SECONDS": "60", "SWEEPER_DB_OUTAGE_SECONDS": "30"}
+    proxy = StorageProxy(pg_url, tmp_path / "serve.log", env=env)
     storage = make_storage(proxy.url, heartbeat=False)
     optuna.create_study(study_name="outage", storage=storage)
     outage = Outage(pg_url).start()
@@ -147,7 +149,8 @@ def test_a_database_gone_past_the_limit_stops_the_proxy_with_one_line(pg_url, tm
     assert last.startswith("error: the database at postgresql+psycopg2://postgres@127.0.0.1:5432/") and "2 s" in last
 
 
-def test_calls_wait_for_a_restarting_proxy(pg_url, tmp_path) -> None:
+def test_calls_wait_for_a_restarting_proxy(pg_url, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SWEEPER_DB_OUTAGE_SECONDS", "30")  # longer than the proxy's restart
     port = free_port()
     env = {**LEASE_ENV, "SWEEPER_GRACE_SECONDS": "60"}
     first = StorageProxy(pg_url, tmp_path / "first.log", env=env, port=port)

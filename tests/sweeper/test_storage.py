@@ -110,6 +110,8 @@ def test_connection_errors_are_told_from_rejected_statements_and_bad_credentials
 
 
 def test_the_back_off_comes_from_the_environment_in_seconds_with_fractions(monkeypatch):
+    monkeypatch.delenv("SWEEPER_RETRY_DELAY")
+    monkeypatch.delenv("SWEEPER_RETRY_MAX_DELAY")
     assert retry_delays() == (FIRST_DELAY, MAX_DELAY)
     monkeypatch.setenv("SWEEPER_RETRY_DELAY", "0.1")
     monkeypatch.setenv("SWEEPER_RETRY_MAX_DELAY", "0.5")
@@ -138,6 +140,8 @@ def test_a_back_off_that_cannot_work_is_a_user_error_naming_the_variable(monkeyp
 
 def test_the_outage_a_worker_waits_out_leaves_the_heartbeat_its_last_back_off(monkeypatch):
     """grace > heartbeat + outage + the longest back-off sleep: the trial of a worker that comes back is not failed."""
+    for name in ("SWEEPER_DB_OUTAGE_SECONDS", "SWEEPER_RETRY_DELAY", "SWEEPER_RETRY_MAX_DELAY"):
+        monkeypatch.delenv(name)
     monkeypatch.setenv("SWEEPER_HEARTBEAT_SECONDS", "1")
     monkeypatch.setenv("SWEEPER_GRACE_SECONDS", "14")
     assert outage_seconds() == 14 - 1 - 8 - 1  # the default longest sleep, 8 s
