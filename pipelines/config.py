@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.coerce import build, plain, require
 from pipelines.errors import UserError, one_line
 
 POLICIES = ("one_cycle", "triangular", "constant", "step", "exponential", "cosine", "plateau")
@@ -88,16 +87,16 @@ class DataConfig:
     num_workers: int = 2  # DataLoader workers for the per-sample (non-batched) augmentation path
 
     def __post_init__(self) -> None:
-        _require(bool(self.path), "data.path must not be empty")
+        require(bool(self.path), "data.path must not be empty")
         for name in ("train_limit", "test_limit"):
             value = getattr(self, name)
-            _require(value is None or value > 0, f"data.{name} must be a positive number of images, got {value}")
-        _require(self.val_size >= 0, f"data.val_size must be >= 0, got {self.val_size}")
-        _require(
+            require(value is None or value > 0, f"data.{name} must be a positive number of images, got {value}")
+        require(self.val_size >= 0, f"data.val_size must be >= 0, got {self.val_size}")
+        require(
             self.image_size is None or self.image_size >= MIN_IMAGE_SIZE,
             f"data.image_size must be at least {MIN_IMAGE_SIZE} (pixels), got {self.image_size}",
         )
-        _require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
+        require(self.num_workers >= 0, f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,21 +117,21 @@ class ModelConfig:
     whiten: str = "none"
 
     def __post_init__(self) -> None:
-        _require(self.width > 0 and math.isfinite(self.width), f"model.width must be > 0, got {self.width}")
-        _require(
+        require(self.width > 0 and math.isfinite(self.width), f"model.width must be > 0, got {self.width}")
+        require(
             self.activation in ACTIVATIONS,
             f"model.activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}",
         )
-        _require(
+        require(
             self.celu_alpha > 0 and math.isfinite(self.celu_alpha),
             f"model.celu_alpha must be > 0 and finite, got {self.celu_alpha}",
         )
-        _require(self.ghost_batch >= 0, f"model.ghost_batch must be >= 0 images (0: off), got {self.ghost_batch}")
-        _require(
+        require(self.ghost_batch >= 0, f"model.ghost_batch must be >= 0 images (0: off), got {self.ghost_batch}")
+        require(
             self.bn_weight in BN_WEIGHTS,
             f"model.bn_weight must be one of {', '.join(BN_WEIGHTS)}, got {self.bn_weight!r}",
         )
-        _require(self.whiten in WHITENINGS, f"model.whiten must be one of {', '.join(WHITENINGS)}, got {self.whiten!r}")
+        require(self.whiten in WHITENINGS, f"model.whiten must be one of {', '.join(WHITENINGS)}, got {self.whiten!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,10 +147,10 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         ops = tuple(dict(op) for op in self.ops)
         for i, op in enumerate(ops):
-            _require(isinstance(op.get("name"), str), f"augment.ops[{i}] needs a 'name' (an albumentations transform)")
+            require(isinstance(op.get("name"), str), f"augment.ops[{i}] needs a 'name' (an albumentations transform)")
         object.__setattr__(self, "ops", ops)
         flips = sum(op["name"] == "HorizontalFlip" for op in ops)
-        _require(
+        require(
             not self.alternating_flip or flips == 1,
             f"augment.alternating_flip needs exactly one HorizontalFlip in augment.ops (the op whose flips it "
             f"alternates), got {flips}",
@@ -185,33 +184,33 @@ class ScheduleConfig:
     warmup_div: float = 10.0  # the warm-up starts at (holds, for constant) the policy's first LR / warmup_div
 
     def __post_init__(self) -> None:
-        _require(self.policy in POLICIES, f"schedule.policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
-        _require(self.anneal in ANNEALS, f"schedule.anneal must be one of {', '.join(ANNEALS)}, got {self.anneal!r}")
-        _require(self.warmup in WARMUPS, f"schedule.warmup must be one of {', '.join(WARMUPS)}, got {self.warmup!r}")
-        _require(
+        require(self.policy in POLICIES, f"schedule.policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        require(self.anneal in ANNEALS, f"schedule.anneal must be one of {', '.join(ANNEALS)}, got {self.anneal!r}")
+        require(self.warmup in WARMUPS, f"schedule.warmup must be one of {', '.join(WARMUPS)}, got {self.warmup!r}")
+        require(
             all(0 < m < math.inf for m in self.milestones) and list(self.milestones) == sorted(set(self.milestones)),
             f"schedule.milestones must be increasing epochs > 0, got {list(self.milestones)}",
         )
-        _require(
+        require(
             self.policy != "step" or bool(self.milestones),
             "schedule.milestones must name at least one epoch for policy step, e.g. [12, 18]",
         )
-        _require(0 < self.gamma <= 1, f"schedule.gamma must be in (0, 1], got {self.gamma}")
-        _require(0 < self.factor < 1, f"schedule.factor must be in (0, 1), got {self.factor}")
-        _require(self.patience >= 0, f"schedule.patience must be >= 0 epochs, got {self.patience}")
-        _require(0 <= self.min_lr < math.inf, f"schedule.min_lr must be >= 0 and finite, got {self.min_lr}")
-        _require(
+        require(0 < self.gamma <= 1, f"schedule.gamma must be in (0, 1], got {self.gamma}")
+        require(0 < self.factor < 1, f"schedule.factor must be in (0, 1), got {self.factor}")
+        require(self.patience >= 0, f"schedule.patience must be >= 0 epochs, got {self.patience}")
+        require(0 <= self.min_lr < math.inf, f"schedule.min_lr must be >= 0 and finite, got {self.min_lr}")
+        require(
             0 <= self.warmup_epochs < math.inf,
             f"schedule.warmup_epochs must be >= 0 and finite, got {self.warmup_epochs}",
         )
-        _require(1 <= self.warmup_div < math.inf, f"schedule.warmup_div must be >= 1 and finite, got {self.warmup_div}")
-        _require(
+        require(1 <= self.warmup_div < math.inf, f"schedule.warmup_div must be >= 1 and finite, got {self.warmup_div}")
+        require(
             self.peak_epoch is None or self.peak_epoch > 0, f"schedule.peak_epoch must be > 0, got {self.peak_epoch}"
         )
-        _require(self.start_div >= 1, f"schedule.start_div must be >= 1, got {self.start_div}")
-        _require(self.end_div >= 1, f"schedule.end_div must be >= 1, got {self.end_div}")
-        _require(self.step_epochs > 0, f"schedule.step_epochs must be > 0, got {self.step_epochs}")
-        _require(
+        require(self.start_div >= 1, f"schedule.start_div must be >= 1, got {self.start_div}")
+        require(self.end_div >= 1, f"schedule.end_div must be >= 1, got {self.end_div}")
+        require(self.step_epochs > 0, f"schedule.step_epochs must be > 0, got {self.step_epochs}")
+        require(
             0 <= self.min_momentum <= self.max_momentum < 1,
             f"schedule.min_momentum and max_momentum must satisfy 0 <= min <= max < 1, "
             f"got {self.min_momentum} and {self.max_momentum}",
@@ -235,23 +234,23 @@ class OptimConfig:
     reference_batch_size: int = 512  # the batch size optim.lr is meant for (the recipe's)
 
     def __post_init__(self) -> None:
-        _require(self.lr > 0 and math.isfinite(self.lr), f"optim.lr must be > 0, got {self.lr}")
-        _require(
+        require(self.lr > 0 and math.isfinite(self.lr), f"optim.lr must be > 0, got {self.lr}")
+        require(
             self.lr_scaling in LR_SCALINGS,
             f"optim.lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {self.lr_scaling!r}",
         )
-        _require(
+        require(
             self.reference_batch_size >= 1, f"optim.reference_batch_size must be >= 1, got {self.reference_batch_size}"
         )
-        _require(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
-        _require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
-        _require(0 <= self.label_smoothing < 1, f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        _require(not self.nesterov or self.momentum > 0, "optim.nesterov needs optim.momentum > 0")
-        _require(
+        require(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        require(0 <= self.label_smoothing < 1, f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        require(not self.nesterov or self.momentum > 0, "optim.nesterov needs optim.momentum > 0")
+        require(
             self.bn_bias_lr_scale > 0 and math.isfinite(self.bn_bias_lr_scale),
             f"optim.bn_bias_lr_scale must be > 0 and finite, got {self.bn_bias_lr_scale}",
         )
-        _require(
+        require(
             self.bn_bias_decay_scale >= 0 and math.isfinite(self.bn_bias_decay_scale),
             f"optim.bn_bias_decay_scale must be >= 0 and finite, got {self.bn_bias_decay_scale}",
         )
@@ -282,20 +281,18 @@ class TrainConfig:
     save_model: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
-        _require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        _require(self.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}")
-        _require(self.eval_every >= 1, f"train.eval_every must be >= 1 (epochs), got {self.eval_every}")
-        _require(
+        require(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        require(self.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        require(self.eval_every >= 1, f"train.eval_every must be >= 1 (epochs), got {self.eval_every}")
+        require(
             self.test_every is None or self.test_every >= 1,
             f"train.test_every must be >= 1 (epochs), got {self.test_every}",
         )
-        _require(self.device in DEVICES, f"train.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        _require(
-            self.ema == 0 or 0 < self.ema < 1, f"train.ema must be 0 (off) or a momentum in (0, 1), got {self.ema}"
-        )
-        _require(self.ema_every >= 1, f"train.ema_every must be >= 1 (steps), got {self.ema_every}")
-        _require(self.tta in TTAS, f"train.tta must be one of {', '.join(TTAS)}, got {self.tta!r}")
+        require(self.device in DEVICES, f"train.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        require(self.ema == 0 or 0 < self.ema < 1, f"train.ema must be 0 (off) or a momentum in (0, 1), got {self.ema}")
+        require(self.ema_every >= 1, f"train.ema_every must be >= 1 (steps), got {self.ema_every}")
+        require(self.tta in TTAS, f"train.tta must be one of {', '.join(TTAS)}, got {self.tta!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -313,42 +310,42 @@ class Config:
         sched, epochs = self.schedule, self.train.epochs
         peak = sched.peak_epoch
         ghost, batch = self.model.ghost_batch, self.train.batch_size
-        _require(
+        require(
             ghost == 0 or batch % ghost == 0,
             f"model.ghost_batch must divide train.batch_size ({batch}), got {ghost}",
         )
-        _require(
+        require(
             peak is None or peak <= epochs,
             f"schedule.peak_epoch must be <= train.epochs ({epochs}), got {peak}",
         )
-        _require(
+        require(
             not (self.train.cuda_graph and sched.cycle_momentum and sched.min_momentum == 0),
             "train.cuda_graph needs schedule.min_momentum > 0 when the momentum cycles (torch's SGD skips the "
             "momentum buffer at exactly 0, which the captured step does not copy)",
         )
-        _require(
+        require(
             sched.warmup_epochs < epochs,
             f"schedule.warmup_epochs must be shorter than the run (train.epochs = {epochs}), got {sched.warmup_epochs}",
         )
         if sched.policy == "step":
-            _require(
+            require(
                 sched.milestones[-1] < epochs,
                 f"schedule.milestones must lie before the last epoch (train.epochs = {epochs}), "
                 f"got {list(sched.milestones)}",
             )
-            _require(
+            require(
                 sched.milestones[0] > sched.warmup_epochs,
                 f"schedule.milestones must come after the warm-up (schedule.warmup_epochs = {sched.warmup_epochs}), "
                 f"got {list(sched.milestones)}",
             )
         if sched.policy == "one_cycle" and sched.warmup_epochs > 0:
-            _require(
+            require(
                 self.peak_epoch > sched.warmup_epochs,
                 f"schedule.peak_epoch ({self.peak_epoch:g}) must come after the warm-up "
                 f"(schedule.warmup_epochs = {sched.warmup_epochs:g})",
             )
         if sched.policy == "plateau":
-            _require(
+            require(
                 sched.min_lr < self.effective_lr,
                 f"schedule.min_lr must be below the LR ({self.effective_lr:g}), got {sched.min_lr}",
             )
@@ -374,7 +371,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts and lists (YAML-safe)."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -382,7 +379,7 @@ class Config:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> Config:
         """Build from nested mappings; unknown keys and bad values raise UserError naming the key."""
-        return _build(cls, raw or {}, prefix="")
+        return build(cls, raw or {}, prefix="")
 
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "config") -> Config:
@@ -449,108 +446,3 @@ def _flat(raw: Mapping[str, Any]) -> dict[str, Any]:
 def config_keys() -> list[str]:
     """Every dotted key of the config, e.g. ``optim.lr``."""
     return list(_flat(Config().to_dict()))
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _build(cls: type, raw: Any, *, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "config"
-    if not isinstance(raw, Mapping):
-        raise UserError(f"{where} must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise UserError(f"unknown config key {prefix + str(unknown[0])!r}; known: {', '.join(sorted(names))}")
-    kwargs = {}
-    for name, value in raw.items():
-        hint = hints[name]
-        key = prefix + name
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, prefix=key + ".")
-        else:
-            kwargs[name] = _coerce(hint, value, key)
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """Check (and gently convert: int -> float, list -> tuple) a value against its annotation."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return _coerce_union(hint, value, key)
-    if origin is tuple:
-        return _coerce_tuple(hint, value, key)
-    if hint not in _SCALARS:
-        return value
-    converted = _SCALARS[hint](value)
-    if converted is _REJECTED:
-        raise UserError(f"{key} must be {_describe(hint)}, got {value!r}")
-    return converted
-
-
-def _coerce_union(hint: Any, value: Any, key: str) -> Any:
-    """The first option of ``X | Y | None`` that takes ``value``."""
-    options = typing.get_args(hint)
-    if value is None and type(None) in options:
-        return None
-    for option in options:
-        if option is type(None):
-            continue
-        try:
-            return _coerce(option, value, key)
-        except UserError:
-            continue
-    raise UserError(f"{key} must be {_describe(hint)}, got {value!r}")
-
-
-def _coerce_tuple(hint: Any, value: Any, key: str) -> tuple[Any, ...]:
-    """A list (YAML) as a tuple; a list of scalars is checked item by item like scalar keys."""
-    if not isinstance(value, (list, tuple)):
-        raise UserError(f"{key} must be a list, got {value!r}")
-    item = typing.get_args(hint)[0]
-    if item in _SCALARS:
-        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    return tuple(value)
-
-
-_REJECTED = object()  # what a scalar conversion returns for a value of the wrong type
-
-
-def _as_bool(value: Any) -> Any:
-    return value if isinstance(value, bool) else _REJECTED
-
-
-def _as_int(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return int(value) if isinstance(value, float) and value.is_integer() else _REJECTED
-
-
-def _as_float(value: Any) -> Any:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _REJECTED
-
-
-def _as_str(value: Any) -> Any:
-    return value if isinstance(value, str) else _REJECTED
-
-
-_SCALARS = {bool: _as_bool, int: _as_int, float: _as_float, str: _as_str}
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}.get(
-        hint, str(hint)
-    )

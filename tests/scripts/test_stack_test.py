@@ -1,4 +1,5 @@
-"""scripts/stack_test.py without a Docker engine: its verdict, its exit codes, and the secret scan.
+"""scripts/stack_test.py and its checks (scripts/stack_checks.py) without a Docker engine: the verdict, the exit
+codes, and the secret scan.
 
 `make stack-test` itself needs root and Docker (docs/stack.md records its last run); these check what the
 script promises when it cannot get that far, and the parts that decide PASS or FAIL.
@@ -94,7 +95,8 @@ def test_the_secret_scan_finds_a_password_also_as_a_basic_auth_header(
     secrets = {"POSTGRES_PASSWORD": "p" * 48, "MLFLOW_ADMIN_PASSWORD": "a" * 48, "MLFLOW_SECRET_KEY": "k" * 48}
     header = base64.b64encode(f"admin:{secrets['MLFLOW_ADMIN_PASSWORD']}".encode()).decode()
     leak = f"Authorization: Basic {header}" if encoded else f"password={secrets['POSTGRES_PASSWORD']}"
-    monkeypatch.setattr(stack_test, "run", lambda cmd, **kwargs: "CONTAINER ID")
+    checks = sys.modules[stack_test.check_no_secret_shown.__module__]  # scripts/stack_checks.py, loaded beside it
+    monkeypatch.setattr(checks, "run", lambda cmd, **kwargs: "CONTAINER ID")
     report = stack_test.Report()
     stack_test.check_no_secret_shown(report, FakeStack(secrets, leak), "")
     assert report.failed == ["no secret in the logs"]

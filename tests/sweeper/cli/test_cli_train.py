@@ -83,7 +83,7 @@ def test_quarter_width_resnet_reaches_50_percent_on_cifar10_subset_in_4_cpu_epoc
     cache, _ = decoded_cifar  # decoded once for the session (the data tests read the same)
     result = invoke(
         "train", "--data", str(shared_cifar), "--json", "--set",
-        "data.train_limit=10000", "data.test_limit=2000", "model.width=0.25", "train.epochs=4",
+        "data.train_limit=6000", "data.test_limit=1000", "model.width=0.25", "train.epochs=4",
         "train.batch_size=128", "optim.lr=0.2", "train.device=cpu", f"data.cache_dir={cache}",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
