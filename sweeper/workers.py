@@ -194,9 +194,18 @@ def worker_args(opts: StudyOptions, plan: WorkerPlan, *, n_trials: int, until: i
     return args
 
 
+def cpu_threads(workers: int) -> int:
+    """torch's CPU threads for each of ``workers`` processes sharing this machine: its cores (those this process
+    may run on) divided among them, at least 1. torch's default, a thread per core in every process, makes N
+    workers contend for the same cores (the test suite's two xdist workers took over half again as long so)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
+
+
 def start_worker(
     plan: WorkerPlan,
     *,
+    threads: int,
     study: str,
     storage: str | None,
     tracking_uri: str | None,
@@ -204,8 +213,10 @@ def start_worker(
     extra_args: list[str],
     log_dir: Path,
 ) -> subprocess.Popen:
-    """`python -m sweeper study run STUDY ...` with its own CUDA_VISIBLE_DEVICES, index and log file."""
+    """`python -m sweeper study run STUDY ...` with its own CUDA_VISIBLE_DEVICES, index and log file, and
+    ``threads`` CPU threads for torch (OMP_NUM_THREADS, unless set already)."""
     env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
     env[WORKER_ENV] = str(plan.index)  # its trials record it; its database connections are named after it
     if plan.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = plan.gpu
@@ -241,9 +252,11 @@ def run_workers(
     stopped."""
     runs_dir = Path(opts.runs_dir)
     log_dir = workers_log_dir(opts)
+    threads = cpu_threads(len(plan))
     procs = [
         start_worker(
             p,
+            threads=threads,
             study=opts.name,
             storage=opts.storage,
             tracking_uri=opts.tracking_uri,

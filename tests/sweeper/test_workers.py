@@ -14,7 +14,9 @@ from optuna.trial import TrialState
 
 from conftest import PG_ADMIN_URL, TINY, heartbeat_env, invoke, start_sweeper, study_init
 from pipelines.errors import UserError
-from sweeper import records
+from sweeper import records, workers
+from sweeper.connections import WORKER_ENV
+from sweeper.study import StudyOptions
 from sweeper.workers import WorkerPlan, WorkersResult, auto_devices, workers_per_gpu
 
 
@@ -134,6 +136,40 @@ def test_the_parents_last_line_says_what_each_worker_did(tmp_path):
         "workers: #0 ran 3 trials; #1 ran 0 trials and exited 2 (the database at postgresql://u:***@db/x did not "
         f"answer); see {logs}/worker-N.log"
     )
+
+
+@pytest.mark.parametrize(
+    ("cores", "user", "expected"),
+    [(8, None, ["4", "4"]), (2, None, ["1", "1"]), (1, None, ["1", "1"]), (8, "3", ["3", "3"])],
+)
+def test_workers_share_the_cores_unless_the_user_set_the_threads(tmp_path, monkeypatch, cores, user, expected):
+    """Each of N worker processes gets torch threads for its share of the cores (OMP_NUM_THREADS), not a thread per
+    core each; a value the user set is passed on as it is."""
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    if user is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", user)
+    started: list[dict[str, str]] = []
+
+    class Finished:  # a worker that has exited 0 by the time the parent looks
+        returncode = 0
+
+        def __init__(self, cmd: list[str], *, env: dict[str, str], **kwargs: object) -> None:
+            started.append(env)
+
+        def poll(self) -> int:
+            return 0
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    monkeypatch.setattr(workers.subprocess, "Popen", Finished)
+    opts = StudyOptions(name="share", storage="postgresql://u@127.0.0.1/x", runs_dir=str(tmp_path))
+    plan = [WorkerPlan(0, None), WorkerPlan(1, None)]
+    workers.run_workers(opts, plan, n_trials=2, until=2, timeout=None, refresh=lambda: None)
+    assert [env["OMP_NUM_THREADS"] for env in started] == expected
+    assert [env[WORKER_ENV] for env in started] == ["0", "1"]
 
 
 def test_workers_on_sqlite_are_refused_with_a_clear_message(image_folder):
