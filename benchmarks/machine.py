@@ -12,9 +12,10 @@ import re
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: benchmarks.scale forks 64 workers without it
+    import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"  # the workplace's JPEG copy of CIFAR-10
@@ -40,6 +41,8 @@ def measure_peak(device: torch.device, *, size: int | None = None, reps: int | N
     is the peak, the median is kept too. On CUDA each repetition's time is the GPU time between two events
     recorded around the one matmul, read after synchronizing on the end event: kernel time plus launch gaps.
     """
+    import torch
+
     cuda = device.type == "cuda"
     size = size or (CUDA_PEAK_SIZE if cuda else CPU_PEAK_SIZE)
     reps = reps or (CUDA_PEAK_REPS if cuda else CPU_PEAK_REPS)
@@ -77,6 +80,8 @@ def measure_peak(device: torch.device, *, size: int | None = None, reps: int | N
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
+    import torch
+
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu {cpu_model()}".strip()
     return {
         "type": device.type,

@@ -26,7 +26,6 @@ A script, not library code: it prints, reads argv and exits. Results go to ``ben
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ import matplotlib.pyplot as plt
 import optuna
 from optuna.trial import TrialState
 
-from benchmarks.studies import add_scale_args, load_scale, result_name, write_record
+from benchmarks.studies import add_scale_args, load_scale, result_name, spread, write_record
 from pipelines.config import Config
 from pipelines.errors import UserError
 from pipelines.reuse import RunCache
@@ -142,10 +141,6 @@ def summarize_seed(trials: list[dict[str, Any]], *, target: float, ref: dict[str
         "pruned": sum(t["state"] == "pruned" for t in trials),
         "diverged": sum(t["state"] == "diverged" for t in trials),
     }
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
 
 def summarize(per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:

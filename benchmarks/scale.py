@@ -45,18 +45,17 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
 
+from benchmarks.machine import RESULTS_DIR, cpu_model
 from benchmarks.scale_worker import STUDY, WorkerSpec, worker_main
 from sweeper.objective import Objective
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"  # trust auth on loopback, as the tests use
 ROLE = "sweeper_bench"  # no superuser: PostgreSQL applies a database's connection limit to it
 KILL_FRACTION = 0.1  # of the workers, in a kill run (at least one)
@@ -72,7 +71,6 @@ class Run:
     workers: int
     kill: int  # workers SIGKILLed mid-trial
     seconds: float
-    result: dict[str, Any] = field(default_factory=dict)
 
 
 def admin_engine(url: str) -> sqlalchemy.engine.Engine:
@@ -366,13 +364,8 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         server = conn.execute(sqlalchemy.text("SHOW server_version")).scalar_one()
         max_connections = conn.execute(sqlalchemy.text("SHOW max_connections")).scalar_one()
     engine.dispose()
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    ) if Path("/proc/cpuinfo").exists() else platform.processor()  # fmt: skip
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "load_average_at_start": os.getloadavg(),
         "python": platform.python_version(),

@@ -11,6 +11,7 @@ import json
 import logging
 import platform
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,11 @@ def scale_overrides(args: argparse.Namespace, *, epochs: int) -> dict[str, Any]:
     if args.cache_dir:
         overrides["data.cache_dir"] = args.cache_dir
     return overrides
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, min and max of ``values`` (over seeds)."""
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
 
 def result_name(prefix: str) -> tuple[str, datetime.datetime]:

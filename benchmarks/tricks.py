@@ -23,7 +23,6 @@ A script, not library code: it prints, reads argv and exits. Results go to ``ben
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import platform
@@ -44,7 +43,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from benchmarks.machine import cpu_model
-from benchmarks.studies import add_scale_args, scale_overrides
+from benchmarks.studies import add_scale_args, result_name, scale_overrides, spread
 from pipelines.config import Config
 from pipelines.data import load_splits
 from pipelines.errors import UserError
@@ -158,10 +157,6 @@ class Bench:
         self.path.write_text(json.dumps(self.record, indent=2, default=float))
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
-
-
 def summarize(record: dict[str, Any], epochs: int) -> dict[str, dict[str, Any]]:
     """Per variant: the fewest epochs to the target, the accuracy and seconds there, the accuracy after E."""
     table = {}
@@ -188,9 +183,7 @@ def format_table(table: dict[str, dict[str, Any]], *, epochs: int, target: float
     ]
     for variant, row in table.items():
         fewest = row["epochs_to_target"]
-        cell = "-" if variant == RECIPE else ("> E" if fewest is None else str(fewest))
-        if variant == RECIPE:
-            cell = f"{epochs} (E)"
+        cell = f"{epochs} (E)" if variant == RECIPE else ("> E" if fewest is None else str(fewest))
 
         lines.append(
             f"{variant:<18} {cell:>7} {_cell(row['val']):>20} {_cell(row['train_seconds'], scale=1, digits=1):>20} "
@@ -266,9 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    stamp = datetime.datetime.now(datetime.UTC)
+    name, stamp = result_name("tricks")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"tricks-{stamp:%Y%m%dT%H%M%SZ}"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else cpu_model()
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     record: dict[str, Any] = {

@@ -34,7 +34,7 @@ class EMA:
             raise ValueError(f"momentum must be in (0, 1), got {momentum}")
         if every < 1:
             raise ValueError(f"every must be >= 1 step, got {every}")
-        self.momentum, self.every = momentum, every
+        self.every = every
         self.rho = momentum**every  # the decay of one update, standing for ``every`` steps
         tensors = list(itertools.chain(model.parameters(), model.buffers()))
         self._floats = [t for t in tensors if t.is_floating_point()]
@@ -45,32 +45,25 @@ class EMA:
     @torch.no_grad()
     def reset(self) -> None:
         """Start the average again from the model's current state (a new run on a reused model)."""
-        torch._foreach_copy_(self.floats, [t.detach() for t in self._floats])
-        for mine, theirs in zip(self.others, self._others, strict=True):
-            mine.copy_(theirs)
+        torch._foreach_copy_(self.floats, self._floats)
+        torch._foreach_copy_(self.others, self._others)
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         """Call after the optimizer step ``step`` (from 0): averages when ``step`` is a multiple of ``every``."""
         if step % self.every:
             return
-        torch._foreach_lerp_(self.floats, [t.detach() for t in self._floats], 1.0 - self.rho)
-        for mine, theirs in zip(self.others, self._others, strict=True):
-            mine.copy_(theirs)
+        torch._foreach_lerp_(self.floats, self._floats, 1.0 - self.rho)
+        torch._foreach_copy_(self.others, self._others)
 
     @contextmanager
     def applied(self) -> Iterator[None]:
         """Inside, the model holds the average (weights and batch-norm statistics); after, its own state again."""
         with torch.no_grad():
-            saved = [t.detach().clone() for t in self._floats]
-            saved_others = [t.clone() for t in self._others]
-            torch._foreach_copy_([t.detach() for t in self._floats], self.floats)
-            for theirs, mine in zip(self._others, self.others, strict=True):
-                theirs.copy_(mine)
+            saved = [t.detach().clone() for t in self._floats + self._others]
+            torch._foreach_copy_(self._floats + self._others, self.floats + self.others)
         try:
             yield
         finally:
             with torch.no_grad():
-                torch._foreach_copy_([t.detach() for t in self._floats], saved)
-                for theirs, value in zip(self._others, saved_others, strict=True):
-                    theirs.copy_(value)
+                torch._foreach_copy_(self._floats + self._others, saved)

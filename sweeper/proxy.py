@@ -50,18 +50,17 @@ from optuna.trial import FrozenTrial
 from pipelines.errors import UserError, one_line
 from sweeper import interrupts, records
 from sweeper.storage import (
-    GRACE_SECONDS,
-    HEARTBEAT_SECONDS,
     ResilientStorage,
     StaleTrialHandler,
     StorageUnavailable,
-    env_seconds,
+    grace_seconds,
+    heartbeat_seconds,
     make_storage,
     outage_seconds,
     resolve_storage_url,
     retry_delays,
 )
-from sweeper.urls import PROXY_PREFIX, is_proxy_url, is_sqlite, mask_url
+from sweeper.urls import MASK, PROXY_PREFIX, is_proxy_url, is_sqlite, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +153,7 @@ def connect(url: str, *, heartbeat: bool = True) -> BaseStorage:
     $SWEEPER_HEARTBEAT_SECONDS (unless ``heartbeat`` is False: read-only use) and calls retried while the proxy
     is unavailable, for up to $SWEEPER_DB_OUTAGE_SECONDS. UserError when no proxy answers there."""
     address = parse_proxy_url(url)
-    seconds = env_seconds("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS) if heartbeat else None
+    seconds = heartbeat_seconds() if heartbeat else None
     patience = outage_seconds()  # checked before anything connects
     proxy = LeasedProxy(address, heartbeat_seconds=seconds)
     try:
@@ -223,7 +222,7 @@ class Reaper:
 
     def uri_for(self, study: optuna.Study) -> str | None:
         recorded = study.user_attrs.get(records.TRACKING_URI)
-        usable = recorded if recorded and "***" not in recorded else None
+        usable = recorded if recorded and MASK not in recorded else None
         return self.tracking_uri or usable or os.environ.get("MLFLOW_TRACKING_URI") or None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -305,10 +304,10 @@ def serve(
     except RuntimeError as err:
         raise UserError(f"cannot listen on {address.target}: {one_line(err)} (is the port in use?)") from err
     address = ProxyAddress(host, bound)
-    heartbeat = env_seconds("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS)
+    heartbeat = heartbeat_seconds()
     server.start()
     try:
-        ready(Serving(address, mask_url(url), threads, heartbeat, env_seconds("SWEEPER_GRACE_SECONDS", GRACE_SECONDS)))
+        ready(Serving(address, mask_url(url), threads, heartbeat, grace_seconds()))
         while True:
             with interrupts.deferred():  # a stop waits for the pass to end: no trial failed and left unretried
                 try:

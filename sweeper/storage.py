@@ -135,14 +135,15 @@ def make_storage(
     kwargs: dict[str, Any] = {}
     if heartbeat:  # on SQLite too: the next `study run` fails and retries the trial of a process that was killed
         kwargs.update(
-            heartbeat_interval=env_seconds("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS),
-            grace_period=env_seconds("SWEEPER_GRACE_SECONDS", GRACE_SECONDS),
+            heartbeat_interval=heartbeat_seconds(),
+            grace_period=grace_seconds(),
             heartbeat_stale_trial_callback=stale_trial_callback or StaleTrialHandler(tracker_uri, runs_dir=runs_dir),
         )
     server = not is_sqlite(url)
     if server:
         first, longest = retry_delays()
-        policy = retrying(when=is_connection_error, deadline=outage_seconds(), first_delay=first, max_delay=longest,
+        patience = outage_seconds()
+        policy = retrying(when=is_connection_error, deadline=patience, first_delay=first, max_delay=longest,
                           what="opening the storage")  # fmt: skip
     else:
         policy = retrying(when=is_disconnect, what="opening the storage")
@@ -154,13 +155,12 @@ def make_storage(
     if not server:
         return storage
     # get_storage wraps an RDBStorage in Optuna's own trial cache, as create_study would; ours goes around it.
-    first_delay, max_delay = retry_delays()
     return ResilientStorage(
         optuna.storages.get_storage(storage),
         url=mask_url(url),
-        outage_seconds=outage_seconds(),
-        first_delay=first_delay,
-        max_delay=max_delay,
+        outage_seconds=patience,
+        first_delay=first,
+        max_delay=longest,
     )
 
 
@@ -171,9 +171,9 @@ def _open(url: str, engine: dict[str, Any], kwargs: dict[str, Any]) -> RDBStorag
     if is_sqlite(url):
         with creation_lock(url):
             return RDBStorage(url, engine_kwargs=engine, **kwargs)
-    with creation_lock(url) as locked:  # the schema, on the lock's one connection
+    with creation_lock(url) as locked:  # the schema made or checked, on the lock's one connection
         RDBStorage(url, engine_kwargs=locked)
-    return RDBStorage(url, engine_kwargs=engine, skip_table_creation=True, **kwargs)
+    return RDBStorage(url, engine_kwargs=engine, skip_compatibility_check=True, skip_table_creation=True, **kwargs)
 
 
 class StorageUnavailable(UserError):
@@ -211,8 +211,7 @@ def outage_seconds() -> int:
     """How long a worker waits for the database: $SWEEPER_DB_OUTAGE_SECONDS (120), at most what the heartbeat's
     grace period leaves. A worker that comes back must record a heartbeat before others find its trial stale:
     grace > heartbeat + outage + the last back-off sleep (the longest, :func:`retry_delays`, rounded up)."""
-    heartbeat = env_seconds("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS)
-    grace = env_seconds("SWEEPER_GRACE_SECONDS", GRACE_SECONDS)
+    heartbeat, grace = heartbeat_seconds(), grace_seconds()
     last_sleep = math.ceil(retry_delays()[1])
     limit = max(1, grace - heartbeat - last_sleep - 1)
     if os.environ.get("SWEEPER_DB_OUTAGE_SECONDS"):
@@ -225,6 +224,16 @@ def outage_seconds() -> int:
             )
         return wanted
     return min(OUTAGE_SECONDS, limit)
+
+
+def heartbeat_seconds() -> int:
+    """How often a running trial's heartbeat (or lease) is recorded: $SWEEPER_HEARTBEAT_SECONDS (HEARTBEAT_SECONDS)."""
+    return env_seconds("SWEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS)
+
+
+def grace_seconds() -> int:
+    """How long without a heartbeat makes a running trial stale: $SWEEPER_GRACE_SECONDS (GRACE_SECONDS)."""
+    return env_seconds("SWEEPER_GRACE_SECONDS", GRACE_SECONDS)
 
 
 def retry_delays() -> tuple[float, float]:

@@ -23,20 +23,18 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 import optuna
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
-from pipelines.paths import atomic_path
+from pipelines.plots import save_figure  # bound at import: the tests' `drawn` fixture records pipelines' figures only
 from sweeper import records
 from sweeper.objective import Objective
 
 log = logging.getLogger(__name__)
 
-DPI = 110
 PANEL_INCHES = (3.6, 3.0)  # width, height of one panel: 9-point labels stay apart at 100 %
 
 
@@ -67,17 +65,6 @@ def study_figures(study: optuna.Study, *, objective: Objective) -> dict[str, Fig
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             log.warning("skipped %s: %s", name, err)
     return figures
-
-
-def save_figure(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` to ``path`` at :data:`DPI` as it is laid out, whole or not at all (a full disk: UserError
-    naming it), and close it. Returns ``path``."""
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=DPI)
-    finally:
-        plt.close(fig)  # Optuna's figures are pyplot's: registered until closed
-    return path
 
 
 def optimization_history_figure(study: optuna.Study) -> Figure:

@@ -59,17 +59,21 @@ class TrialReporter(Callback):
     def __init__(self, trial: optuna.Trial, objective: Objective, observer: StudyObserver, *, epochs: int) -> None:
         self.trial, self.objective, self.observer, self.epochs = trial, objective, observer, epochs
         self.recorder = records.EpochRecorder(trial, objective)
+        self._read: tuple[int, FrozenTrial] | None = None  # the trial as read after recording an epoch
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
         self.recorder.record(metrics, objective_value(self.objective, metrics))
-        self.observer.on_trial(_frozen(self.trial))
+        self._read = (metrics.epoch, _frozen(self.trial))
+        self.observer.on_trial(self._read[1])
 
     def should_stop(self, metrics: EpochMetrics) -> str | None:
         value = objective_value(self.objective, metrics)
         if value is None or metrics.epoch >= self.epochs:  # None: not evaluated this epoch
             return None
         if self.objective.multi:  # the reason names the epoch and the median it missed
-            return pruning.stop_reason(self.trial.study, _frozen(self.trial))
+            read = self._read  # the epoch's record, read once for the observer: nothing is written in between
+            frozen = read[1] if read is not None and read[0] == metrics.epoch else _frozen(self.trial)
+            return pruning.stop_reason(self.trial.study, frozen)
         return Outcome.PRUNED.value if self.trial.should_prune() else None
 
 

@@ -6,9 +6,8 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: benchmarks/ is a folder of scripts there
+from conftest import REPO_ROOT
 
 
 def test_workers_behind_the_proxy_lose_nothing_and_a_killed_ones_trial_is_retried(pg_url) -> None:
@@ -19,7 +18,8 @@ def test_workers_behind_the_proxy_lose_nothing_and_a_killed_ones_trial_is_retrie
             "--seconds", "5", "--trial-seconds", "0.5", "--heartbeat", "1", "--grace", "4", "--threads",
             str(threads), "--no-write", "--json",
         ],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300, check=False,
+        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=300,
+        check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     plain, killed = json.loads(out.stdout)["runs"]

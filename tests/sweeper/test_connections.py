@@ -24,6 +24,7 @@ def test_a_process_pools_at_most_two_connections_and_an_idle_one_keeps_none() ->
 
 
 def test_every_connection_names_the_process_unless_the_url_names_it(monkeypatch) -> None:
+    monkeypatch.setattr(connections, "_role", [])  # no role left by a `storage serve` run in this test process
     monkeypatch.setenv(connections.WORKER_ENV, "3")
     name = application_name()
     assert name.startswith("sweeper worker 3 ") and name.endswith(f":{__import__('os').getpid()}")

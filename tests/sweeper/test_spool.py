@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import TINY, MlflowServer, free_port, invoke, reported_epoch, wait_for
+from conftest import TINY, MlflowServer, drop_database, free_port, invoke, reported_epoch, wait_for
 from pipelines.errors import UserError
 from sweeper.spool import LogQueue, sync_spool
 from sweeper.urls import absolute_sqlite
@@ -94,6 +94,7 @@ def test_mlflow_outage_mid_study_is_spooled_and_synced(image_folder, tmp_path):
         assert recorded == sorted(r.info.run_id for r in children)  # the real ids, no pending- placeholder
     finally:
         server.stop()
+        drop_database(server.backend)  # the server's own database, made for this test
 
 
 class _Down:

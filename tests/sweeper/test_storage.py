@@ -4,7 +4,6 @@ trials, against the real PostgreSQL (and SQLite as Optuna opens it)."""
 from __future__ import annotations
 
 import itertools
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +15,6 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import (
-    TINY,
     Outage,
     count_lines,
     heartbeat_env,
@@ -294,13 +292,8 @@ def test_on_sqlite_a_killed_process_trial_is_failed_and_retried_by_the_next(imag
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = heartbeat_env(heartbeat=1, grace=3)
     common = ["--storage", storage, "--tracking-uri", tracking]
-    victim = start_sweeper(
-        "study", "run", "lite", "--data", image_folder, "--n-trials", 1, "--pruner", "none", *common,
-        "--set", *TINY, "train.epochs=40", env=env,
-    )  # fmt: skip
-    wait_for(lambda: reported_epoch(storage, "lite"), 120, "the trial to report an epoch")
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    kill_a_worker_mid_trial(common, data=image_folder, database=storage, log=tmp_path / "victim.log", env=env,
+                            name="lite")  # fmt: skip
     wait_until_stale(storage, "lite", grace=3)
     again = run_sweeper(
         "study", "run", "lite", "--n-trials", 1, *common, "--set", "train.epochs=1", env=env, timeout=180
